@@ -1,0 +1,169 @@
+"""The `seqbench` command: list, run (one cell), sweep (a grid), report (tables from records)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import tomllib
+from collections import Counter
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import TimeRemainingColumn
+
+from bench.config import CellConfig
+from bench.models import FAMILIES
+from bench.record import CellRecord
+from bench.report import rich_tables, task_tables
+from bench.store import Store
+from bench.strict import ConfigError, parse_count, require
+from bench.sweep import PRESETS, preset, run_sweep, spec_from_file, write_summary
+from bench.train import run_cell
+from tasks import TASKS
+
+console = Console()
+
+
+def _literal(field: str, text: str):
+    """A --hp/--train value: a TOML literal (1, 0.5, true, "x"), else the bare string."""
+    name, sep, value = text.partition("=")
+    require(bool(sep) and bool(name), field, f"expected KEY=VALUE, got {text!r}")
+    try:
+        return name, tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return name, value
+
+
+def cmd_list(args) -> int:
+    console.print("[bold]tasks[/]")
+    for name, cls in TASKS.items():
+        console.print(f"  {name:12} {cls.summary}")
+    console.print("[bold]models[/]")
+    for name, family in FAMILIES.items():
+        console.print(f"  {name:12} {family.summary}")
+    return 0
+
+
+def _describe(record: CellRecord) -> str:
+    c = record.config
+    score = "-" if record.score is None else f"{record.score:.3f}"
+    return (
+        f"{c.task} {c.model} L={c.length} seed={c.seed}: {record.status} score={score} "
+        f"steps={record.steps} params={record.params_actual} {record.wall_time_s:.1f}s"
+        + (f" [{record.error}]" if record.error else "")
+    )
+
+
+def cmd_run(args) -> int:
+    train = dict(_literal("--train", t) for t in args.train)
+    for name in ("steps", "batch_size", "lr"):
+        if getattr(args, name) is not None:
+            train[name] = getattr(args, name)
+    cfg = CellConfig.from_dict({
+        "task": args.task, "model": args.model, "length": args.length, "seed": args.seed,
+        "params": parse_count("params", args.params), "device": args.device, "train": train,
+        "hparams": dict(_literal("--hp", h) for h in args.hp),
+    })
+    record = run_cell(cfg)
+    path = Store(args.out).save(record)
+    console.print(_describe(record))
+    console.print(f"record: {path}")
+    return 0 if record.status in ("solved", "budget") else 1
+
+
+def cmd_sweep(args) -> int:
+    if (args.preset is None) == (args.config is None):
+        raise ConfigError("sweep: give exactly one of --preset (" + ", ".join(PRESETS) + ") or --config FILE")
+    spec = preset(args.preset) if args.preset else spec_from_file(args.config)
+    console.print(f"sweep {spec.name}: {len(spec.cells())} cells -> {Path(args.out) / spec.name}")
+    if console.is_terminal:
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=console) as progress:
+            bar = progress.add_task("starting", total=None)
+
+            def on_start(cfg):
+                progress.update(bar, description=f"{cfg.task} {cfg.model} L={cfg.length} s{cfg.seed}")
+
+            def on_cell(record, i, n):
+                progress.update(bar, completed=i, total=n)
+
+            store, statuses = run_sweep(spec, args.out, on_cell, on_start)
+    else:
+        def on_cell(record, i, n):
+            print(f"[{i}/{n}] {_describe(record)}", flush=True)
+
+        store, statuses = run_sweep(spec, args.out, on_cell)
+    _print_tables(store)
+    console.print("cells run now: " + (", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) or "none (all stored)"))
+    failed = sum(statuses[s] for s in ("diverged", "oom", "error"))
+    return 1 if args.strict and failed else 0
+
+
+def _print_tables(store: Store) -> None:
+    df = store.frame()
+    for table in rich_tables(task_tables(df)) if not df.empty else []:
+        console.print(table)
+    console.print(f"tables: {store.root / 'summary.md'}, {store.root / 'results.csv'}")
+
+
+def cmd_report(args) -> int:
+    store = Store(args.dir)
+    if not store.cells.is_dir():
+        raise ConfigError(f"report: {args.dir} holds no cells/ folder of records")
+    write_summary(store, f"seqbench results `{store.root.name}`")
+    _print_tables(store)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="seqbench", description=__doc__)
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="tasks and models").set_defaults(fn=cmd_list)
+
+    run = sub.add_parser("run", help="train and evaluate one cell")
+    run.add_argument("--task", required=True)
+    run.add_argument("--model", required=True)
+    run.add_argument("--length", type=int, required=True)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--params", default="20k", help="parameter budget, e.g. 20000 or 20k")
+    run.add_argument("--device", default="cpu")
+    run.add_argument("--steps", type=int)
+    run.add_argument("--batch-size", dest="batch_size", type=int)
+    run.add_argument("--lr", type=float)
+    run.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
+                     help="other training settings (eval_every, clip, ...)")
+    run.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
+                     help="model hyper-parameter, e.g. layers=2")
+    run.add_argument("--out", default="results/runs", help="store folder for the record")
+    run.set_defaults(fn=cmd_run)
+
+    sweep = sub.add_parser("sweep", help="run a grid of cells (resumes what is stored)")
+    sweep.add_argument("--preset", help=f"one of {', '.join(PRESETS)}")
+    sweep.add_argument("--config", help="sweep TOML file")
+    sweep.add_argument("--out", default="results", help="results root; writes OUT/<sweep name>/")
+    sweep.add_argument("--strict", action="store_true", help="exit 1 if any cell failed")
+    sweep.set_defaults(fn=cmd_sweep)
+
+    report = sub.add_parser("report", help="tables from the stored records of a sweep folder")
+    report.add_argument("dir")
+    report.set_defaults(fn=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.threads is not None:
+            require(args.threads >= 1, "--threads", f"must be >= 1, got {args.threads}")
+            torch.set_num_threads(args.threads)
+        return args.fn(args)
+    except ConfigError as exc:
+        print(f"seqbench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

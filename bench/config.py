@@ -1,0 +1,77 @@
+"""The frozen, typed configuration of one cell and its stable key.
+
+A cell is (task, model, length, seed, parameter budget, training and model hyper-parameters,
+device). Its key hashes the full config together with the task's definition version, so a stored
+record is reused only for exactly the same experiment.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.models import get_family, parse_hparams
+from bench.strict import check_choice, from_mapping, require
+from tasks import get_task
+
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation of one cell: fresh batches every step (infinite data), AdamW, clipping."""
+
+    steps: int = 1000  # step budget
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    eval_every: int = 100  # held-out evaluation period (and early-stop check)
+    eval_samples: int = 512  # size of the separately seeded held-out set
+
+    def validate(self, where: str) -> None:
+        p = f"{where}." if where else ""
+        for name in ("steps", "batch_size", "eval_every", "eval_samples"):
+            value = getattr(self, name)
+            require(value >= 1, p + name, f"must be >= 1, got {value}")
+        require(self.lr > 0, p + "lr", f"must be > 0, got {self.lr}")
+        require(self.weight_decay >= 0, p + "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(self.clip >= 0, p + "clip", f"must be >= 0 (0 disables), got {self.clip}")
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    task: str
+    model: str
+    length: int
+    seed: int = 0
+    params: int = 20_000  # parameter budget shared by all models
+    device: str = "cpu"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    hparams: Any = None  # the model family's frozen hyper-parameters (a mapping is parsed)
+
+    def __post_init__(self):
+        task = get_task(self.task)
+        family = get_family(self.model)
+        task.check_length(self.length)
+        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        require(self.params >= 100, "params", f"must be >= 100, got {self.params}")
+        check_choice("device", self.device, DEVICES)
+        if type(self.hparams) is not family.hparams:
+            object.__setattr__(self, "hparams", parse_hparams(self.model, self.hparams))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CellConfig:
+        """Parse a plain mapping strictly (as stored in records or written in TOML)."""
+        return from_mapping(cls, data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def key(self) -> str:
+        """Stable 16-hex-digit hash of the config and the task-definition version."""
+        payload = {"config": self.to_dict(), "task_version": get_task(self.task).version}
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,44 @@
+"""Model families behind one registry, each sized to a shared parameter budget."""
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from bench.models import recurrent, tcn, transformer
+from bench.models.base import Family, SequenceModel, count_parameters
+from bench.strict import check_choice, from_mapping
+from tasks.base import IOSpec
+
+FAMILIES: dict[str, Family] = {
+    f.name: f for module in (recurrent, tcn, transformer) for f in module.FAMILIES
+}
+
+
+def get_family(name: str, field: str = "model") -> Family:
+    return FAMILIES[check_choice(field, name, FAMILIES)]
+
+
+def parse_hparams(model: str, data: dict[str, Any] | Any, field: str = "hparams") -> Any:
+    """The family's frozen hyper-parameter dataclass from a mapping (unknown keys are errors)."""
+    family = get_family(model)
+    if type(data) is family.hparams:
+        return data
+    return from_mapping(family.hparams, data or {}, field)
+
+
+def build_model(model: str, io: IOSpec, budget: int, hp: Any, max_len: int) -> SequenceModel:
+    """The model of family `model` whose parameter count is closest to budget.
+
+    Fitting builds many candidates; each distinct warning they raise (for example a TCN receptive
+    field that does not cover max_len) reaches the caller once.
+    """
+    family = get_family(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        core = family.sized(io, budget, hp, max_len)
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        warnings.warn(message, stacklevel=2)
+    return SequenceModel(io, core)
+
+
+__all__ = ["FAMILIES", "SequenceModel", "build_model", "count_parameters", "get_family", "parse_hparams"]

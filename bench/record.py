@@ -1,0 +1,79 @@
+"""The record of one cell: what was run, what came out, and where it ran."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.config import CellConfig
+
+SCHEMA = 1
+STATUSES = ("solved", "budget", "diverged", "oom", "error")
+
+
+class CorruptRecord(ValueError):
+    """A stored record that cannot be trusted (truncated, edited, or of another schema)."""
+
+
+@dataclass
+class CellRecord:
+    key: str
+    config: CellConfig
+    task_version: int
+    status: str  # one of STATUSES
+    seq_len: int  # time steps fed to the model (copy: T + 20)
+    params_actual: int | None = None
+    model_info: dict = field(default_factory=dict)
+    steps: int = 0  # optimiser steps taken
+    train_loss: float | None = None  # mean training loss over the last evaluation window
+    eval_loss: float | None = None  # held-out loss at the last evaluation
+    score: float | None = None  # held-out headline score in [0, 1]
+    score_name: str = ""
+    chance: float | None = None
+    baseline_loss: float | None = None  # memoryless / constant-predictor loss where defined
+    solve_threshold: float | None = None
+    solved: bool = False
+    wall_time_s: float = 0.0
+    train_time_s: float = 0.0  # optimisation only, evaluation excluded
+    train_tokens_per_s: float | None = None
+    error: str | None = None
+    history: list[dict] = field(default_factory=list)  # {step, train_loss, eval_loss, score}
+    env: dict = field(default_factory=dict)
+    schema: int = SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"config": self.config.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CellRecord:
+        """Rebuild a record, refusing anything that does not match its own key and schema."""
+        try:
+            if data.get("schema") != SCHEMA:
+                raise CorruptRecord(f"schema {data.get('schema')!r}, expected {SCHEMA}")
+            record = cls(**(data | {"config": CellConfig.from_dict(data["config"])}))
+        except (TypeError, KeyError, ValueError) as exc:
+            raise CorruptRecord(str(exc)) from exc
+        if record.status not in STATUSES:
+            raise CorruptRecord(f"status {record.status!r} not in {STATUSES}")
+        if record.config.key() != record.key:
+            raise CorruptRecord(f"key {record.key} does not match its config")
+        return record
+
+    def row(self) -> dict[str, Any]:
+        """One tidy row: config fields flattened, scalar results, no history."""
+        cfg = self.config
+        flat = {
+            "key": self.key,
+            "task": cfg.task,
+            "model": cfg.model,
+            "length": cfg.length,
+            "seed": cfg.seed,
+            "params_budget": cfg.params,
+            "device": cfg.device,
+            **{f"train.{k}": v for k, v in dataclasses.asdict(cfg.train).items()},
+            **{f"hp.{k}": v for k, v in dataclasses.asdict(cfg.hparams).items()},
+        }
+        skip = {"key", "config", "history", "env", "model_info", "schema"}
+        results = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        info = {f"info.{k}": v for k, v in self.model_info.items()}
+        return flat | results | info

@@ -1,0 +1,74 @@
+"""The results store of one sweep: a folder of JSON cell records plus derived tables.
+
+Layout of results/<name>/: cells/<task>_<model>_L<length>_s<seed>_<key>.json (one per cell, written
+atomically: a temporary file in the same folder, flushed, fsynced, then renamed over the target),
+results.csv (tidy, one row per cell), env.json, summary.md. Records that fail to parse or whose key
+does not match their config are reported and ignored, never trusted.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from bench.record import CellRecord, CorruptRecord
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write text to path so that a reader sees either the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Store:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.cells = self.root / "cells"
+
+    def path_for(self, record: CellRecord) -> Path:
+        c = record.config
+        return self.cells / f"{c.task}_{c.model}_L{c.length}_s{c.seed}_{record.key}.json"
+
+    def save(self, record: CellRecord) -> Path:
+        path = self.path_for(record)
+        atomic_write(path, json.dumps(record.to_dict(), indent=1, sort_keys=True) + "\n")
+        return path
+
+    def load(self) -> dict[str, CellRecord]:
+        """All trustworthy records by key; corrupt files are warned about and skipped."""
+        records = {}
+        for path in sorted(self.cells.glob("*.json")):
+            try:
+                record = CellRecord.from_dict(json.loads(path.read_text()))
+                if not path.name.endswith(f"_{record.key}.json"):
+                    raise CorruptRecord("file name does not match the record's key")
+            except (OSError, json.JSONDecodeError, CorruptRecord) as exc:
+                warnings.warn(f"ignoring unusable record {path}: {exc}", stacklevel=2)
+                continue
+            records[record.key] = record
+        return records
+
+    def frame(self) -> pd.DataFrame:
+        """Tidy table of the stored records, one row per cell."""
+        rows = [r.row() for r in self.load().values()]
+        return pd.DataFrame(rows)
+
+    def write_tables(self, env: dict) -> pd.DataFrame:
+        """Write results.csv and env.json from the stored records; return the frame."""
+        df = self.frame()
+        atomic_write(self.root / "results.csv", df.to_csv(index=False))
+        atomic_write(self.root / "env.json", json.dumps(env, indent=1, sort_keys=True) + "\n")
+        return df

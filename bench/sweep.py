@@ -1,0 +1,140 @@
+"""Sweeps: a strict TOML grid of tasks x models x lengths x seeds, run cell by cell into a store.
+
+A cell whose key already has a trustworthy record in the store is not run again, so rerunning an
+interrupted sweep completes only what is missing. All cells are validated before anything runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections import Counter
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+from bench.config import CellConfig, TrainConfig
+from bench.env import environment
+from bench.record import CellRecord
+from bench.report import markdown, task_tables
+from bench.store import Store, atomic_write
+from bench.strict import ConfigError, check_choice, coerce, from_mapping, require
+from bench.train import run_cell
+
+PRESETS = ("smoke", "quick")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    tasks: tuple[str, ...]
+    models: tuple[str, ...]
+    lengths: Any  # a list for every task, or a table task -> list
+    seeds: tuple[int, ...] = (0,)
+    params: int = 20_000
+    device: str = "cpu"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    task_train: Any = field(default_factory=dict)  # task -> partial train table overriding `train`
+    hparams: Any = field(default_factory=dict)  # model -> hyper-parameter table
+
+    def validate(self, where: str) -> None:
+        require(self.name.replace("-", "").replace("_", "").isalnum(), "name",
+                f"use letters, digits, '-' and '_' only, got {self.name!r}")
+        require(len(set(self.seeds)) == len(self.seeds), "seeds", "must not repeat")
+        for table, allowed in (("lengths", self.tasks), ("task_train", self.tasks),
+                               ("hparams", self.models)):
+            value = getattr(self, table)
+            if isinstance(value, dict):
+                for key in value:
+                    check_choice(f"{table} key", key, allowed)
+            elif table != "lengths":
+                raise ConfigError(f"{table}: expected a table keyed by name")
+
+    def lengths_for(self, task: str) -> tuple[int, ...]:
+        if isinstance(self.lengths, dict):
+            if task not in self.lengths:
+                raise ConfigError(f"lengths.{task}: missing; give lengths for every task")
+            return coerce(f"lengths.{task}", self.lengths[task], tuple[int, ...])
+        return coerce("lengths", self.lengths, tuple[int, ...])
+
+    def cells(self) -> list[CellConfig]:
+        """Every cell of the grid, validated (raises ConfigError before anything runs)."""
+        out = []
+        for task in self.tasks:
+            override = self.task_train.get(task, {})
+            if not isinstance(override, dict):
+                raise ConfigError(f"task_train.{task}: expected a table")
+            train = from_mapping(
+                TrainConfig, dataclasses.asdict(self.train) | override, f"task_train.{task}"
+            )
+            for model in self.models:
+                for length in self.lengths_for(task):
+                    for seed in self.seeds:
+                        out.append(CellConfig(
+                            task=task, model=model, length=length, seed=seed, params=self.params,
+                            device=self.device, train=train, hparams=self.hparams.get(model, {}),
+                        ))
+        return out
+
+
+def load_spec(text: str, source: str) -> SweepSpec:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    spec = from_mapping(SweepSpec, data)
+    spec.cells()
+    return spec
+
+
+def preset(name: str) -> SweepSpec:
+    check_choice("preset", name, PRESETS)
+    text = resources.files("bench.sweeps").joinpath(f"{name}.toml").read_text()
+    return load_spec(text, f"preset {name}")
+
+
+def spec_from_file(path: str | Path) -> SweepSpec:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
+    return load_spec(text, str(path))
+
+
+def write_summary(store: Store, title: str, env: dict | None = None) -> str:
+    """Regenerate results.csv, env.json and summary.md from the stored records.
+
+    env defaults to the environment stored in the first record (reports never re-measure).
+    """
+    if env is None:
+        records = store.load()
+        env = next(iter(records.values())).env if records else {}
+    df = store.write_tables(env)
+    text = markdown(task_tables(df), title) if not df.empty else f"# {title}\n\nNo records.\n"
+    atomic_write(store.root / "summary.md", text)
+    return text
+
+
+def run_sweep(
+    spec: SweepSpec, root: str | Path, on_cell: Callable[[CellRecord, int, int], None] | None = None,
+    on_start: Callable[[CellConfig], None] | None = None,
+) -> tuple[Store, Counter]:
+    """Run the missing cells of spec into root/<name>/ and regenerate its tables.
+
+    Returns the store and a count of statuses for the cells run now.
+    """
+    store = Store(Path(root) / spec.name)
+    cells = spec.cells()
+    done = store.load()
+    todo = [c for c in cells if c.key() not in done]
+    statuses: Counter = Counter()
+    for i, cfg in enumerate(todo, 1):
+        if on_start:
+            on_start(cfg)
+        record = run_cell(cfg)
+        store.save(record)
+        statuses[record.status] += 1
+        if on_cell:
+            on_cell(record, i, len(todo))
+    write_summary(store, f"seqbench sweep `{spec.name}`", environment(spec.device))
+    return store, statuses

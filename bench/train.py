@@ -1,0 +1,134 @@
+"""Train and evaluate one cell: config -> task + model -> optimise on fresh batches -> record.
+
+Every step draws a fresh batch from the training generator (infinite data); the held-out set is
+drawn once from a separately seeded generator and depends only on (task, length, seed), so every
+model is scored on the same sequences. Training stops at the step budget, on reaching the task's
+solve threshold at an evaluation, or on a non-finite loss or gradient (status `diverged`).
+"""
+from __future__ import annotations
+
+import time
+import traceback
+
+import torch
+
+from bench.config import CellConfig
+from bench.env import environment
+from bench.models import build_model, count_parameters
+from bench.record import CellRecord
+from tasks import Batch, Task, get_task
+
+EVAL_CHUNK = 256  # held-out samples per forward pass
+
+
+def generator(seed: int, stream: int, device: str) -> torch.Generator:
+    """Independent random stream `stream` (0 train, 1 held-out) for a cell seed."""
+    return torch.Generator(device=device).manual_seed(2 * seed + stream)
+
+
+def held_out(task: Task, cfg: CellConfig) -> list[Batch]:
+    g = generator(cfg.seed, 1, cfg.device)
+    n = cfg.train.eval_samples
+    sizes = [min(EVAL_CHUNK, n - i) for i in range(0, n, EVAL_CHUNK)]
+    return [task.sample(cfg.length, size, g, cfg.device) for size in sizes]
+
+
+@torch.no_grad()
+def evaluate(model, task: Task, batches: list[Batch]) -> tuple[float, float]:
+    """Mean held-out loss and headline score."""
+    model.eval()
+    total = sum(len(b.inputs) for b in batches)
+    loss = score = 0.0
+    for b in batches:
+        out = model(b.inputs)
+        loss += task.loss(out, b).item() * len(b.inputs)
+        score += task.score(out, b).sum().item()
+    model.train()
+    return loss / total, score / total
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError)
+        and ("out of memory" in str(exc) or "can't allocate memory" in str(exc))
+    )
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_cell(cfg: CellConfig) -> CellRecord:
+    """Run one cell; never raises for a failure of the run itself (it becomes the status)."""
+    task = get_task(cfg.task)
+    record = CellRecord(
+        key=cfg.key(),
+        config=cfg,
+        task_version=task.version,
+        status="budget",
+        seq_len=task.seq_len(cfg.length),
+        score_name=task.score_name,
+        chance=task.chance(cfg.length),
+        baseline_loss=task.baseline_loss(cfg.length),
+        solve_threshold=task.solve_threshold,
+        env=environment(cfg.device),
+    )
+    start = time.perf_counter()
+    try:
+        _train(cfg, task, record)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded status
+        record.status = "oom" if _is_oom(exc) else "error"
+        record.error = "".join(traceback.format_exception_only(exc)).strip()
+        if cfg.device == "cuda":
+            torch.cuda.empty_cache()
+    record.wall_time_s = time.perf_counter() - start
+    return record
+
+
+def _train(cfg: CellConfig, task: Task, record: CellRecord) -> None:
+    tc = cfg.train
+    torch.manual_seed(cfg.seed)  # initialisation and dropout
+    model = build_model(cfg.model, task.io, cfg.params, cfg.hparams, record.seq_len).to(cfg.device)
+    record.params_actual = count_parameters(model)
+    record.model_info = model.info
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    train_gen = generator(cfg.seed, 0, cfg.device)
+    evaluation = held_out(task, cfg)
+
+    window: list[float] = []
+    train_time = 0.0
+    for step in range(1, tc.steps + 1):
+        _sync(cfg.device)
+        t0 = time.perf_counter()
+        batch = task.sample(cfg.length, tc.batch_size, train_gen, cfg.device)
+        loss = task.loss(model(batch.inputs), batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip or float("inf"))
+        value = loss.item()
+        finite = torch.isfinite(norm).item() and value == value and abs(value) != float("inf")
+        if finite:
+            opt.step()
+        _sync(cfg.device)
+        train_time += time.perf_counter() - t0
+        record.steps = step
+        if not finite:
+            record.status = "diverged"
+            record.error = f"non-finite loss {value} or gradient norm {norm.item()} at step {step}"
+            break
+        window.append(value)
+        if step % tc.eval_every == 0 or step == tc.steps:
+            record.eval_loss, record.score = evaluate(model, task, evaluation)
+            record.train_loss = sum(window) / len(window)
+            window.clear()
+            record.history.append(
+                {"step": step, "train_loss": record.train_loss,
+                 "eval_loss": record.eval_loss, "score": record.score}
+            )
+            if record.score >= task.solve_threshold:
+                record.status, record.solved = "solved", True
+                break
+    record.train_time_s = train_time
+    if train_time > 0:
+        record.train_tokens_per_s = record.steps * tc.batch_size * record.seq_len / train_time

@@ -1,0 +1,103 @@
+"""The task interface: a seeded, vectorised batch generator plus the rules that score it.
+
+A task declares its input (tokens or real features), its readout (one target per step, or one at
+the last step), its target kind (classes or a real value), which positions are scored, and its
+chance level. Loss and score are computed here, once, from those declarations.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+
+from bench.strict import require
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch. inputs: (B, L) int64 tokens or (B, L, F) float features.
+
+    targets: (B, L) int64 for per-step tasks, (B,) int64 for final-class tasks, (B,) float for
+    regression. mask: (B, L) bool, the scored positions of a per-step task (None otherwise).
+    """
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    mask: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    """What a model must accept and emit for a task."""
+
+    input_kind: Literal["tokens", "features"]
+    input_size: int  # vocabulary size, or number of real-valued features
+    output_size: int  # classes per position, or 1 for regression
+
+
+class Task:
+    """Base class; subclasses set the class attributes and implement sample() and chance()."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    version: ClassVar[int] = 1  # bump whenever the definition changes: it is part of every cell key
+    io: ClassVar[IOSpec]
+    readout: ClassVar[Literal["per_step", "final"]]
+    target: ClassVar[Literal["classes", "regression"]] = "classes"
+    loss_on: ClassVar[Literal["all", "scored"]] = "scored"  # per-step tasks: where the loss applies
+    score_name: ClassVar[str] = "accuracy"
+    solve_threshold: ClassVar[float]
+    min_length: ClassVar[int] = 1
+    tolerance: ClassVar[float] = 0.0  # regression: |error| below this counts as correct
+
+    def seq_len(self, length: int) -> int:
+        """Number of time steps fed to the model for the task's nominal length."""
+        return length
+
+    def check_length(self, length: int, field: str = "length") -> None:
+        require(
+            isinstance(length, int) and length >= self.min_length,
+            field,
+            f"task {self.name!r} needs an integer length >= {self.min_length}, got {length!r}",
+        )
+
+    def sample(
+        self, length: int, batch_size: int, generator: torch.Generator, device: torch.device | str
+    ) -> Batch:
+        raise NotImplementedError
+
+    def chance(self, length: int) -> float:
+        """Headline score of the best input-independent guesser (exact)."""
+        raise NotImplementedError
+
+    def baseline_loss(self, length: int) -> float | None:
+        """Loss of the best memoryless/constant predictor, where the literature quotes one."""
+        return None
+
+    # Loss and score, derived from the declarations above.
+
+    def _readout(self, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs if self.readout == "per_step" else outputs[:, -1]
+
+    def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Mean loss of model outputs (B, L, output_size) on the batch."""
+        out = self._readout(outputs)
+        if self.target == "regression":
+            return F.mse_loss(out[..., 0].float(), batch.targets)
+        if self.readout == "final":
+            return F.cross_entropy(out.float(), batch.targets)
+        if self.loss_on == "all":
+            return F.cross_entropy(out.flatten(0, 1).float(), batch.targets.flatten())
+        return F.cross_entropy(out[batch.mask].float(), batch.targets[batch.mask])
+
+    def score(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Per-sample headline score in [0, 1], shape (B,); its mean is the task's score."""
+        out = self._readout(outputs)
+        if self.target == "regression":
+            return ((out[..., 0].float() - batch.targets).abs() < self.tolerance).float()
+        hit = out.argmax(-1) == batch.targets
+        if self.readout == "final":
+            return hit.float()
+        return (hit & batch.mask).sum(1) / batch.mask.sum(1)
