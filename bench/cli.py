@@ -4,13 +4,18 @@ from __future__ import annotations
 import argparse
 import sys
 import tomllib
-from collections import Counter
 from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.progress import TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from bench.config import CellConfig
 from bench.models import FAMILIES
@@ -18,7 +23,7 @@ from bench.record import CellRecord
 from bench.report import rich_tables, task_tables
 from bench.store import Store
 from bench.strict import ConfigError, parse_count, require
-from bench.sweep import PRESETS, preset, run_sweep, spec_from_file, write_summary
+from bench.sweep import PRESETS, default_workers, preset, run_sweep, spec_from_file, write_summary
 from bench.train import run_cell
 from tasks import TASKS
 
@@ -55,6 +60,11 @@ def _describe(record: CellRecord) -> str:
     )
 
 
+def _check_device(device: str) -> None:
+    require(device != "cuda" or torch.cuda.is_available(), "device",
+            "cuda is not available on this machine; allowed here: cpu")
+
+
 def cmd_run(args) -> int:
     train = dict(_literal("--train", t) for t in args.train)
     for name in ("steps", "batch_size", "lr"):
@@ -65,6 +75,7 @@ def cmd_run(args) -> int:
         "params": parse_count("params", args.params), "device": args.device, "train": train,
         "hparams": dict(_literal("--hp", h) for h in args.hp),
     })
+    _check_device(cfg.device)
     record = run_cell(cfg)
     path = Store(args.out).save(record)
     console.print(_describe(record))
@@ -76,25 +87,28 @@ def cmd_sweep(args) -> int:
     if (args.preset is None) == (args.config is None):
         raise ConfigError("sweep: give exactly one of --preset (" + ", ".join(PRESETS) + ") or --config FILE")
     spec = preset(args.preset) if args.preset else spec_from_file(args.config)
-    console.print(f"sweep {spec.name}: {len(spec.cells())} cells -> {Path(args.out) / spec.name}")
+    _check_device(spec.device)
+    workers = args.workers or default_workers(spec.device)
+    threads = args.threads or (1 if workers > 1 else torch.get_num_threads())
+    console.print(
+        f"sweep {spec.name}: {len(spec.cells())} cells -> {Path(args.out) / spec.name} "
+        f"({workers} worker(s) x {threads} thread(s))"
+    )
     if console.is_terminal:
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TimeRemainingColumn())
         with Progress(*columns, console=console) as progress:
-            bar = progress.add_task("starting", total=None)
-
-            def on_start(cfg):
-                progress.update(bar, description=f"{cfg.task} {cfg.model} L={cfg.length} s{cfg.seed}")
+            bar = progress.add_task("running", total=None)
 
             def on_cell(record, i, n):
-                progress.update(bar, completed=i, total=n)
+                progress.update(bar, completed=i, total=n, description=f"done: {_describe(record)}")
 
-            store, statuses = run_sweep(spec, args.out, on_cell, on_start)
+            store, statuses = run_sweep(spec, args.out, workers, threads, on_cell)
     else:
         def on_cell(record, i, n):
             print(f"[{i}/{n}] {_describe(record)}", flush=True)
 
-        store, statuses = run_sweep(spec, args.out, on_cell)
+        store, statuses = run_sweep(spec, args.out, workers, threads, on_cell)
     _print_tables(store)
     console.print("cells run now: " + (", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) or "none (all stored)"))
     failed = sum(statuses[s] for s in ("diverged", "oom", "error"))
@@ -112,7 +126,7 @@ def cmd_report(args) -> int:
     store = Store(args.dir)
     if not store.cells.is_dir():
         raise ConfigError(f"report: {args.dir} holds no cells/ folder of records")
-    write_summary(store, f"seqbench results `{store.root.name}`")
+    write_summary(store, f"seqbench sweep `{store.root.name}`")
     _print_tables(store)
     return 0
 
@@ -144,6 +158,8 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("--preset", help=f"one of {', '.join(PRESETS)}")
     sweep.add_argument("--config", help="sweep TOML file")
     sweep.add_argument("--out", default="results", help="results root; writes OUT/<sweep name>/")
+    sweep.add_argument("--workers", type=int, default=0,
+                       help="parallel cells (default: one per core on CPU, 1 on CUDA)")
     sweep.add_argument("--strict", action="store_true", help="exit 1 if any cell failed")
     sweep.set_defaults(fn=cmd_sweep)
 
@@ -156,6 +172,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if getattr(args, "workers", 0) < 0:
+            raise ConfigError(f"--workers: must be >= 1 (0 = auto), got {args.workers}")
         if args.threads is not None:
             require(args.threads >= 1, "--threads", f"must be >= 1, got {args.threads}")
             torch.set_num_threads(args.threads)

@@ -17,6 +17,7 @@ def _git_commit() -> str | None:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
+            check=False,
             cwd=Path(bench.__file__).resolve().parent,
             capture_output=True,
             text=True,

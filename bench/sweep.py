@@ -6,12 +6,18 @@ interrupted sweep completes only what is missing. All cells are validated before
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+import os
 import tomllib
 from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+import torch
 
 from bench.config import CellConfig, TrainConfig
 from bench.env import environment
@@ -19,7 +25,7 @@ from bench.record import CellRecord
 from bench.report import markdown, task_tables
 from bench.store import Store, atomic_write
 from bench.strict import ConfigError, check_choice, coerce, from_mapping, require
-from bench.train import run_cell
+from bench.train import failed, new_record, run_cell
 
 PRESETS = ("smoke", "quick")
 
@@ -115,23 +121,52 @@ def write_summary(store: Store, title: str, env: dict | None = None) -> str:
     return text
 
 
+def default_workers(device: str) -> int:
+    """Fill the cores without oversubscription (one thread each); one worker on a GPU."""
+    return 1 if device == "cuda" else max(1, len(os.sched_getaffinity(0)))
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _completed(todo: list[CellConfig], workers: int, threads: int) -> Iterator[CellRecord]:
+    """Records of todo as they finish: in this process, or in a spawn-started process pool."""
+    if workers <= 1:
+        yield from map(run_cell, todo)
+        return
+    ctx = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools and locks
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(threads,)) as pool:
+        futures = {pool.submit(run_cell, cfg): cfg for cfg in todo}
+        try:
+            for future in as_completed(futures):
+                try:
+                    yield future.result()
+                except Exception as exc:  # noqa: BLE001 - a worker died: record it, go on
+                    yield failed(new_record(futures[future]), exc)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
 def run_sweep(
-    spec: SweepSpec, root: str | Path, on_cell: Callable[[CellRecord, int, int], None] | None = None,
-    on_start: Callable[[CellConfig], None] | None = None,
+    spec: SweepSpec,
+    root: str | Path,
+    workers: int = 1,
+    threads: int = 1,
+    on_cell: Callable[[CellRecord, int, int], None] | None = None,
 ) -> tuple[Store, Counter]:
     """Run the missing cells of spec into root/<name>/ and regenerate its tables.
 
-    Returns the store and a count of statuses for the cells run now.
+    Each record is saved (atomically) as soon as its cell finishes, so an interrupted sweep loses
+    only the cells in flight. Returns the store and a count of statuses for the cells run now.
     """
     store = Store(Path(root) / spec.name)
-    cells = spec.cells()
     done = store.load()
-    todo = [c for c in cells if c.key() not in done]
+    todo = [c for c in spec.cells() if c.key() not in done]
     statuses: Counter = Counter()
-    for i, cfg in enumerate(todo, 1):
-        if on_start:
-            on_start(cfg)
-        record = run_cell(cfg)
+    for i, record in enumerate(_completed(todo, min(workers, len(todo)), threads), 1):
         store.save(record)
         statuses[record.status] += 1
         if on_cell:

@@ -7,6 +7,7 @@ solve threshold at an evaluation, or on a non-finite loss or gradient (status `d
 """
 from __future__ import annotations
 
+import math
 import time
 import traceback
 
@@ -59,10 +60,10 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_cell(cfg: CellConfig) -> CellRecord:
-    """Run one cell; never raises for a failure of the run itself (it becomes the status)."""
+def new_record(cfg: CellConfig) -> CellRecord:
+    """A record for cfg with everything known before training filled in (status `budget`)."""
     task = get_task(cfg.task)
-    record = CellRecord(
+    return CellRecord(
         key=cfg.key(),
         config=cfg,
         task_version=task.version,
@@ -74,12 +75,23 @@ def run_cell(cfg: CellConfig) -> CellRecord:
         solve_threshold=task.solve_threshold,
         env=environment(cfg.device),
     )
+
+
+def failed(record: CellRecord, exc: BaseException) -> CellRecord:
+    """Mark record with the status of exc: `oom` for out-of-memory, else `error`."""
+    record.status = "oom" if _is_oom(exc) else "error"
+    record.error = "".join(traceback.format_exception_only(exc)).strip()
+    return record
+
+
+def run_cell(cfg: CellConfig) -> CellRecord:
+    """Run one cell; never raises for a failure of the run itself (it becomes the status)."""
+    record = new_record(cfg)
     start = time.perf_counter()
     try:
-        _train(cfg, task, record)
+        _train(cfg, get_task(cfg.task), record)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded status
-        record.status = "oom" if _is_oom(exc) else "error"
-        record.error = "".join(traceback.format_exception_only(exc)).strip()
+        failed(record, exc)
         if cfg.device == "cuda":
             torch.cuda.empty_cache()
     record.wall_time_s = time.perf_counter() - start
@@ -107,7 +119,7 @@ def _train(cfg: CellConfig, task: Task, record: CellRecord) -> None:
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip or float("inf"))
         value = loss.item()
-        finite = torch.isfinite(norm).item() and value == value and abs(value) != float("inf")
+        finite = math.isfinite(value) and torch.isfinite(norm).item()
         if finite:
             opt.step()
         _sync(cfg.device)

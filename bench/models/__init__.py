@@ -14,6 +14,13 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+BUDGET_TOLERANCE = 0.10  # every model is meant to land within this fraction of the budget
+
+
+class BudgetWarning(UserWarning):
+    """The closest width still misses the parameter budget by more than BUDGET_TOLERANCE."""
+
+
 def get_family(name: str, field: str = "model") -> Family:
     return FAMILIES[check_choice(field, name, FAMILIES)]
 
@@ -36,9 +43,25 @@ def build_model(model: str, io: IOSpec, budget: int, hp: Any, max_len: int) -> S
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         core = family.sized(io, budget, hp, max_len)
-    for message in dict.fromkeys(str(w.message) for w in caught):
-        warnings.warn(message, stacklevel=2)
-    return SequenceModel(io, core)
+    for message, category in dict.fromkeys((str(w.message), w.category) for w in caught):
+        warnings.warn(message, category, stacklevel=2)
+    model = SequenceModel(io, core)
+    count = count_parameters(model)
+    if abs(count - budget) > BUDGET_TOLERANCE * budget:
+        warnings.warn(
+            f"{family.name}: {count} parameters is "
+            f"{abs(count - budget) / budget:.0%} off the budget {budget}: the width grid is too "
+            "coarse at this size (the record stores the actual count)",
+            BudgetWarning,
+            stacklevel=2,
+        )
+    return model
 
 
-__all__ = ["FAMILIES", "SequenceModel", "build_model", "count_parameters", "get_family", "parse_hparams"]
+__all__ = [
+    "BUDGET_TOLERANCE",
+    "FAMILIES",
+    "BudgetWarning",
+    "SequenceModel", "build_model", "count_parameters", "get_family",
+    "parse_hparams",
+]

@@ -45,9 +45,9 @@ class CausalConv1d(nn.Module):
     def __init__(self, c_in: int, c_out: int, kernel_size: int, dilation: int):
         super().__init__()
         self.pad = (kernel_size - 1) * dilation
-        conv = nn.Conv1d(c_in, c_out, kernel_size, dilation=dilation)
-        nn.init.normal_(conv.weight, 0.0, 0.01)  # the reference initialisation
-        self.conv = weight_norm(conv)
+        # Default init: the reference's normal_(0, 0.01) is written to `weight` after weight_norm
+        # has split it into g and v, so it never takes effect; we keep what actually runs there.
+        self.conv = weight_norm(nn.Conv1d(c_in, c_out, kernel_size, dilation=dilation))
 
     def forward(self, x):
         return self.conv(F.pad(x, (self.pad, 0)))

@@ -1,0 +1,68 @@
+"""Shared helpers for the seqbench test suite.
+
+The suite runs on a small shared CPU: torch is pinned to one intra-op thread (several threads on
+two contended cores are many times slower for these tiny models, and results do not depend on it).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from bench.config import CellConfig
+from bench.record import CellRecord
+from tasks import TASKS, Batch, Task, get_task
+
+torch.set_num_threads(1)
+
+# A tiny training budget: a few steps, small batches, a small held-out set.
+TINY_TRAIN = {"steps": 4, "batch_size": 8, "lr": 3e-3, "eval_every": 2, "eval_samples": 16}
+TINY_PARAMS = 2000
+
+
+def make_cell(task: str = "parity", model: str = "rnn", length: int = 2, *, seed: int = 0,
+              params: int = TINY_PARAMS, hparams: dict | None = None, device: str = "cpu",
+              **train: Any) -> CellConfig:
+    """A strictly parsed cell config with the tiny training budget, overridable per key."""
+    return CellConfig.from_dict({
+        "task": task, "model": model, "length": length, "seed": seed, "params": params,
+        "device": device, "train": TINY_TRAIN | train, "hparams": hparams or {},
+    })
+
+
+def sample(task: Task, length: int, batch_size: int, seed: int = 0, device: str = "cpu") -> Batch:
+    g = torch.Generator(device=device).manual_seed(seed)
+    return task.sample(length, batch_size, g, device)
+
+
+def perfect_outputs(task: Task, batch: Batch) -> torch.Tensor:
+    """Model outputs (B, L, output_size) that predict every target exactly."""
+    b, length = batch.inputs.shape[:2]
+    out = torch.zeros(b, length, task.io.output_size, device=batch.inputs.device)
+    if task.target == "regression":
+        out[:, -1, 0] = batch.targets
+    elif task.readout == "final":
+        out[:, -1] = 1e4 * torch.nn.functional.one_hot(batch.targets, task.io.output_size)
+    else:
+        out[:] = 1e4 * torch.nn.functional.one_hot(batch.targets, task.io.output_size)
+    return out
+
+
+def fake_record(task: str, model: str, length: int, score: float | None, *, seed: int = 0,
+                status: str = "budget") -> CellRecord:
+    """A stored-looking record with a chosen score, for report and store tests (no training)."""
+    cfg = make_cell(task, model, length, seed=seed)
+    t = get_task(task)
+    return CellRecord(
+        key=cfg.key(), config=cfg, task_version=t.version, status=status,
+        seq_len=t.seq_len(length), params_actual=TINY_PARAMS, steps=cfg.train.steps,
+        score=score, score_name=t.score_name, chance=t.chance(length),
+        solve_threshold=t.solve_threshold, solved=status == "solved", env={"device": "cpu"},
+    )
+
+
+@pytest.fixture(params=sorted(TASKS))
+def task(request) -> Task:
+    """Every registered task."""
+    return get_task(request.param)

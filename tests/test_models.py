@@ -1,0 +1,226 @@
+"""Model families: output shapes, causality, parameter budgets, and family-specific settings."""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import pytest
+import torch
+
+from bench.models import (
+    BUDGET_TOLERANCE,
+    FAMILIES,
+    BudgetWarning,
+    build_model,
+    count_parameters,
+    parse_hparams,
+)
+from bench.models.base import SequenceModel
+from bench.models.tcn import receptive_field
+from bench.strict import ConfigError
+from tasks import TASKS, IOSpec
+
+TOKENS = TASKS["copy"].io  # 10 tokens in, 10 classes out
+FEATURES = TASKS["adding"].io  # 2 real features in, 1 value out
+FAMILY_VARIANTS = [(name, {}) for name in FAMILIES] + [("transformer", {"positions": "learned"})]
+
+
+def build(model: str, io: IOSpec, max_len: int, budget: int = 2000, **hp) -> SequenceModel:
+    torch.manual_seed(0)
+    return build_model(model, io, budget, parse_hparams(model, hp), max_len).eval()
+
+
+def random_inputs(io: IOSpec, batch: int, length: int) -> torch.Tensor:
+    if io.input_kind == "tokens":
+        return torch.randint(0, io.input_size, (batch, length))
+    return torch.rand(batch, length, io.input_size)
+
+
+def perturb_after(io: IOSpec, x: torch.Tensor, t: int) -> torch.Tensor:
+    """x with every input at positions > t changed (tokens shifted, features re-drawn)."""
+    y = x.clone()
+    if io.input_kind == "tokens":
+        y[:, t + 1 :] = (y[:, t + 1 :] + 1) % io.input_size
+    else:
+        y[:, t + 1 :] = torch.rand_like(y[:, t + 1 :]) + 1.0
+    return y
+
+
+@pytest.mark.parametrize("model", sorted(FAMILIES))
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_output_shape_for_every_task(model, task):
+    io, length = TASKS[task].io, 12
+    out = build(model, io, length)(random_inputs(io, 3, length))
+    assert out.shape == (3, length, io.output_size)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("io", [TOKENS, FEATURES], ids=["tokens", "features"])
+@pytest.mark.parametrize(("model", "hp"), FAMILY_VARIANTS,
+                         ids=["-".join([m, *h.values()]) for m, h in FAMILY_VARIANTS])
+def test_causal(model, hp, io):
+    length, t = 16, 6
+    net = build(model, io, length, **hp)
+    x = random_inputs(io, 4, length)
+    with torch.no_grad():
+        before, after = net(x), net(perturb_after(io, x, t))
+    torch.testing.assert_close(after[:, : t + 1], before[:, : t + 1], rtol=0, atol=1e-6)
+    assert (after[:, t + 1 :] - before[:, t + 1 :]).abs().max() > 1e-5
+
+
+@pytest.mark.parametrize("model", sorted(FAMILIES))
+def test_last_output_sees_first_input(model):
+    """Every family's default build connects the first input to the last output (untrained
+    recurrent nets forget geometrically, so the sequence is short)."""
+    length = 10
+    net = build(model, FEATURES, length, budget=20_000)
+    x = random_inputs(FEATURES, 8, length)
+    y = x.clone()
+    y[:, 0] += 1.0
+    with torch.no_grad():
+        assert (net(y)[:, -1] - net(x)[:, -1]).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("budget", [2000, 20_000, 100_000])
+@pytest.mark.parametrize("max_len", [12, 276])
+@pytest.mark.parametrize("io", [TOKENS, FEATURES], ids=["tokens", "features"])
+@pytest.mark.parametrize("model", sorted(FAMILIES))
+def test_parameter_budget(model, io, max_len, budget):
+    family = FAMILIES[model]
+    hp = parse_hparams(model, {})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net = build_model(model, io, budget, hp, max_len)
+    n = count_parameters(net)
+    if family.fit is None:
+        # the width search picks the whole width whose count is closest to the budget
+        width = net.info["width"]
+        neighbours = [
+            count_parameters(SequenceModel(io, family.build(io, w, hp, max_len)))
+            for w in (width - 1, width + 1) if w >= 1
+        ]
+        assert all(abs(n - budget) <= abs(m - budget) for m in neighbours)
+    # one width step of a TCN at 2k parameters is ~25% of the budget, so only the closest
+    # width (checked above) is promised there, and a miss beyond 10% is announced; everywhere
+    # else the count is within 10%
+    missed = [w for w in caught if issubclass(w.category, BudgetWarning)]
+    assert bool(missed) == (abs(n - budget) > BUDGET_TOLERANCE * budget)
+    tolerance = 0.15 if (model == "tcn" and budget == 2000) else BUDGET_TOLERANCE
+    assert abs(n - budget) <= tolerance * budget, f"{model}: {n} parameters for budget {budget}"
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_lstm_forget_gate_bias(layers):
+    net = build("lstm", TOKENS, 10, forget_bias=2.0, layers=layers)
+    lstm, w = net.core.rnn, net.info["width"]
+    for k in range(layers):
+        b_ih, b_hh = getattr(lstm, f"bias_ih_l{k}"), getattr(lstm, f"bias_hh_l{k}")
+        assert torch.all(b_ih[w : 2 * w] == 2.0)
+        assert torch.all(b_hh[w : 2 * w] == 0.0)
+        # the input, cell and output gate biases keep torch's random initialisation
+        others = torch.cat([b_ih[:w], b_ih[2 * w :]])
+        assert not torch.all(others == 2.0) and others.abs().max() > 0
+    assert parse_hparams("lstm", {}).forget_bias == 1.0
+    default = build("lstm", TOKENS, 10)
+    w = default.info["width"]
+    assert torch.all(default.core.rnn.bias_ih_l0[w : 2 * w] == 1.0)
+
+
+@pytest.mark.parametrize("kernel_size", [2, 3, 8])
+@pytest.mark.parametrize("length", [2, 10, 29, 30, 1000])
+def test_tcn_auto_levels_cover_the_sequence(kernel_size, length):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto depth never warns (the tiny budget may miss)
+        warnings.filterwarnings("ignore", category=BudgetWarning)
+        net = build("tcn", FEATURES, length, budget=500, kernel_size=kernel_size)
+    levels, field = net.info["levels"], net.info["receptive_field"]
+    assert len(net.core.blocks) == levels
+    assert field == receptive_field(kernel_size, levels)
+    assert field == 1 + 2 * (kernel_size - 1) * (2**levels - 1)
+    assert field >= length
+    assert levels == 1 or receptive_field(kernel_size, levels - 1) < length  # the fewest levels
+
+
+def test_tcn_receptive_field_is_exact():
+    """Output t depends on input t - (field - 1) and not on input t - field."""
+    kernel_size, levels = 3, 2
+    field = receptive_field(kernel_size, levels)  # 13
+    with pytest.warns(UserWarning, match="does not cover sequence length 32"):
+        net = build("tcn", FEATURES, 32, budget=20_000, kernel_size=kernel_size, levels=levels)
+    x = random_inputs(FEATURES, 16, 32)
+    y = x.clone()
+    y[:, 0] += 3.0
+    with torch.no_grad():
+        diff = (net(y) - net(x)).abs().amax(dim=(0, 2))
+    assert diff[field - 1] > 1e-6
+    assert torch.all(diff[field:] == 0)
+
+
+def test_tcn_too_few_levels_warns_once():
+    hp = parse_hparams("tcn", {"kernel_size": 2, "levels": 2})  # receptive field 7
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net = build_model("tcn", FEATURES, 2000, hp, 50)
+    assert [w.category for w in caught] == [UserWarning]
+    assert "receptive field 7" in str(caught[0].message) and "50" in str(caught[0].message)
+    assert net.info["receptive_field"] == 7
+
+
+def test_build_model_keeps_warning_category(monkeypatch):
+    """Warnings raised while fitting reach the caller once each, with their own category."""
+    family = FAMILIES["rnn"]
+
+    def noisy_build(io, width, hp, max_len):
+        warnings.warn("old API", DeprecationWarning)
+        return family.build(io, width, hp, max_len)
+
+    monkeypatch.setitem(FAMILIES, "rnn", dataclasses.replace(family, build=noisy_build))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_model("rnn", TOKENS, 2000, parse_hparams("rnn", {}), 10)
+    assert [(w.category, str(w.message)) for w in caught] == [(DeprecationWarning, "old API")]
+
+
+def test_transformer_learned_positions():
+    length = 20
+    net = build("transformer", TOKENS, length, positions="learned")
+    assert net.core.learned.weight.shape == (length, net.info["width"])
+    out = net(random_inputs(TOKENS, 2, length))
+    assert out.shape == (2, length, TOKENS.output_size)
+    # the learned table is part of the budget
+    assert abs(count_parameters(net) - 2000) <= 200
+    # positions matter: the same token at two positions gives different outputs
+    with torch.no_grad():
+        same = net(torch.zeros(1, length, dtype=torch.int64))
+    assert (same[0, 0] - same[0, 1]).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("model", sorted(FAMILIES))
+def test_unknown_hparam_names_key_and_allowed(model):
+    allowed = ", ".join(sorted(f.name for f in dataclasses.fields(FAMILIES[model].hparams)))
+    with pytest.raises(ConfigError, match=rf"^hparams\.bogus: unknown key; allowed: {allowed}$"):
+        parse_hparams(model, {"bogus": 1})
+
+
+@pytest.mark.parametrize(
+    ("model", "hp", "message"),
+    [
+        ("lstm", {"layers": "two"}, r"hparams\.layers: expected int, got str 'two'"),
+        ("rnn", {"layers": 0}, r"hparams\.layers: must be >= 1"),
+        ("rnn", {"layers": True}, r"hparams\.layers: expected int, got bool True"),
+        ("gru", {"dropout": 1.0}, r"hparams\.dropout: must be in \[0, 1\)"),
+        ("tcn", {"kernel_size": 1}, r"hparams\.kernel_size: must be >= 2"),
+        ("tcn", {"levels": 1.5}, r"hparams\.levels: expected int"),
+        ("transformer", {"positions": "rotary"},
+         r"hparams\.positions: unknown value 'rotary'; allowed: learned, sinusoidal"),
+        ("transformer", {"heads": 0}, r"hparams\.heads: must be >= 1"),
+    ],
+)
+def test_invalid_hparams(model, hp, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_hparams(model, hp)
+
+
+def test_hparams_accept_int_for_float():
+    assert parse_hparams("lstm", {"forget_bias": 2}).forget_bias == 2.0
+    assert isinstance(parse_hparams("lstm", {"forget_bias": 2}).forget_bias, float)

@@ -1,0 +1,248 @@
+"""Sweeps end to end: the smoke preset, resuming, corrupt records, reports, and the store."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from conftest import fake_record
+
+import bench.store
+import bench.sweep
+from bench.cli import main
+from bench.record import CellRecord
+from bench.store import Store, atomic_write
+from bench.sweep import PRESETS, load_spec, preset, run_sweep
+from bench.train import run_cell
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> Path:
+    """The smoke preset, run once through the CLI (default workers) for the whole module."""
+    root = tmp_path_factory.mktemp("results")
+    assert main(["sweep", "--preset", "smoke", "--out", str(root)]) == 0
+    return root / "smoke"
+
+
+@pytest.fixture
+def smoke_copy(smoke, tmp_path) -> Path:
+    """A private copy of the smoke results (file times preserved) for tests that change it."""
+    return Path(shutil.copytree(smoke, tmp_path / "results" / "smoke"))
+
+
+def rerun_smoke(folder: Path) -> int:
+    return main(["sweep", "--preset", "smoke", "--out", str(folder.parent)])
+
+
+def mtimes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in (folder / "cells").iterdir()}
+
+
+def test_smoke_sweep_writes_every_cell_and_table(smoke):
+    cells = preset("smoke").cells()
+    files = sorted((smoke / "cells").iterdir())
+    assert len(files) == len(cells) == 30
+    records = Store(smoke).load()
+    assert set(records) == {c.key() for c in cells}
+    for path in files:
+        record = CellRecord.from_dict(json.loads(path.read_text()))
+        assert path.name.endswith(f"_{record.key}.json")
+        assert record.status in ("solved", "budget"), (path.name, record.error)
+        assert record.steps >= 1 and 0 <= record.score <= 1
+    table = pd.read_csv(smoke / "results.csv")
+    assert len(table) == len(cells) and set(table["key"]) == set(records)
+    assert {"task", "model", "length", "seed", "status", "score"} <= set(table.columns)
+    env = json.loads((smoke / "env.json").read_text())
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu"
+    summary = (smoke / "summary.md").read_text()
+    spec = preset("smoke")
+    for task in spec.tasks:
+        assert f"## {task}\n" in summary
+        assert "| model | " + " | ".join(f"L={n}" for n in spec.lengths_for(task)) + " |" in summary
+    for model in spec.models:
+        assert summary.count(f"| {model} | ") == len(spec.tasks)
+
+
+def test_worker_records_match_an_in_process_run(smoke):
+    """A cell's figures do not depend on which process ran it."""
+    records = Store(smoke).load().values()
+    for stored in [r for r in records if r.config.model in ("lstm", "transformer")][:2]:
+        fresh = run_cell(stored.config)
+        assert (fresh.status, fresh.steps) == (stored.status, stored.steps)
+        assert fresh.history == stored.history
+
+
+def test_rerun_is_a_no_op(smoke_copy, monkeypatch, capsys):
+    before = mtimes(smoke_copy)
+
+    def must_not_run(cfg):
+        raise AssertionError(f"cell re-run: {cfg}")
+
+    monkeypatch.setattr(bench.sweep, "run_cell", must_not_run)
+    assert rerun_smoke(smoke_copy) == 0
+    assert mtimes(smoke_copy) == before
+    assert "cells run now: none (all stored)" in capsys.readouterr().out
+
+
+def spy_on_run_cell(monkeypatch) -> list:
+    calls = []
+
+    def spy(cfg):
+        calls.append(cfg)
+        return run_cell(cfg)
+
+    monkeypatch.setattr(bench.sweep, "run_cell", spy)
+    return calls
+
+
+def test_deleted_record_is_recomputed_alone(smoke_copy, monkeypatch):
+    before = mtimes(smoke_copy)
+    victim = sorted((smoke_copy / "cells").iterdir())[7]
+    stored = CellRecord.from_dict(json.loads(victim.read_text()))
+    victim.unlink()
+    calls = spy_on_run_cell(monkeypatch)
+    assert rerun_smoke(smoke_copy) == 0
+    assert [c.key() for c in calls] == [stored.key]
+    after = mtimes(smoke_copy)
+    assert set(after) == set(before)
+    assert {k: v for k, v in after.items() if k != victim.name} == {
+        k: v for k, v in before.items() if k != victim.name}
+    assert CellRecord.from_dict(json.loads(victim.read_text())).history == stored.history
+
+
+def truncate(text: str) -> str:
+    return text[: len(text) // 2]
+
+
+def edit_config(text: str) -> str:
+    data = json.loads(text)
+    data["config"]["seed"] += 100  # the stored key no longer matches the config
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize("damage", [truncate, edit_config, lambda text: "not json"],
+                         ids=["truncated", "edited", "garbage"])
+def test_corrupt_record_is_ignored_with_a_warning_and_recomputed(smoke_copy, monkeypatch, damage):
+    victim = sorted((smoke_copy / "cells").iterdir())[3]
+    victim.write_text(damage(victim.read_text()))
+    calls = spy_on_run_cell(monkeypatch)
+    with pytest.warns(UserWarning, match=rf"ignoring unusable record .*{re.escape(victim.name)}"):
+        assert rerun_smoke(smoke_copy) == 0
+    assert len(calls) == 1 and victim.name.endswith(f"_{calls[0].key()}.json")
+    assert CellRecord.from_dict(json.loads(victim.read_text())).key == calls[0].key()
+    assert len(Store(smoke_copy).load()) == len(preset("smoke").cells())
+
+
+def test_report_regenerates_the_tables_identically(smoke_copy):
+    summary = (smoke_copy / "summary.md").read_text()
+    table = (smoke_copy / "results.csv").read_text()
+    (smoke_copy / "summary.md").unlink()
+    (smoke_copy / "results.csv").unlink()
+    before = mtimes(smoke_copy)
+    assert main(["report", str(smoke_copy)]) == 0
+    assert (smoke_copy / "summary.md").read_text() == summary
+    assert (smoke_copy / "results.csv").read_text() == table
+    assert mtimes(smoke_copy) == before  # reports never touch the records
+
+
+def test_interrupted_sweep_keeps_finished_cells(tmp_path, monkeypatch):
+    spec = load_spec(
+        'name = "tiny"\ntasks = ["parity"]\nmodels = ["rnn", "gru"]\nlengths = [2, 3]\n'
+        "params = 2000\n[train]\nsteps = 2\neval_every = 2\neval_samples = 16\n", "test")
+    started = []
+
+    def interrupt_third(cfg):
+        started.append(cfg)
+        if len(started) == 3:
+            raise KeyboardInterrupt
+        return run_cell(cfg)
+
+    monkeypatch.setattr(bench.sweep, "run_cell", interrupt_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(spec, tmp_path)
+    store = Store(tmp_path / "tiny")
+    assert set(store.load()) == {c.key() for c in started[:2]}
+    calls = spy_on_run_cell(monkeypatch)
+    _, statuses = run_sweep(spec, tmp_path)
+    assert len(calls) == 2 and sum(statuses.values()) == 2
+    assert set(store.load()) == {c.key() for c in spec.cells()}
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_loads(name):
+    spec = preset(name)
+    assert spec.name == name
+    cells = spec.cells()
+    assert len({c.key() for c in cells}) == len(cells) > 0
+
+
+def test_atomic_write_replaces_and_leaves_no_temp_files(tmp_path):
+    path = tmp_path / "deep" / "er" / "file.json"
+    atomic_write(path, "first")
+    atomic_write(path, "second")
+    assert path.read_text() == "second"
+    assert os.listdir(path.parent) == ["file.json"]
+
+
+def test_failed_atomic_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "file.json"
+    atomic_write(path, "old")
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(bench.store.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, "new")
+    assert path.read_text() == "old"
+    assert os.listdir(tmp_path) == ["file.json"]
+
+
+def test_store_round_trips_and_distrusts_renamed_records(tmp_path):
+    store = Store(tmp_path)
+    record = fake_record("parity", "rnn", 2, 0.5)
+    path = store.save(record)
+    assert path == store.cells / f"parity_rnn_L2_s0_{record.key}.json"
+    assert store.load() == {record.key: record}
+    path.rename(store.path_for(fake_record("parity", "rnn", 3, 0.5)))
+    with pytest.warns(UserWarning, match="file name does not match the record's key"):
+        assert store.load() == {}
+
+
+def parse_table(summary: str, task: str) -> tuple[list[str], dict[str, list[str]]]:
+    """Column headers and model -> cell texts of a task's markdown table."""
+    section = summary.split(f"## {task}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip("|").split(" | ") for line in section.splitlines() if line.startswith("| ")]
+    header, *body = ([c.strip() for c in row] for row in rows)
+    return header[1:], {row[0]: row[1:] for row in body}
+
+
+def test_report_marks_the_best_model_per_length_in_bold(tmp_path, capsys):
+    store = Store(tmp_path / "made-up")
+    for record in [
+        fake_record("parity", "rnn", 2, 0.9),
+        fake_record("parity", "lstm", 2, 0.95),
+        fake_record("parity", "gru", 2, None, status="error"),
+        fake_record("parity", "rnn", 4, 0.5), fake_record("parity", "rnn", 4, 0.75, seed=1),
+        fake_record("parity", "lstm", 4, 0.625),  # ties the rnn mean
+        fake_record("parity", "gru", 4, 0.99, status="diverged"),
+        fake_record("parity", "gru", 4, 0.25, seed=1),
+        fake_record("adding", "tcn", 8, 0.5),
+    ]:
+        store.save(record)
+    assert main(["report", str(store.root)]) == 0
+    summary = (store.root / "summary.md").read_text()
+    header, rows = parse_table(summary, "parity")
+    assert header == ["L=2", "L=4"]
+    assert list(rows) == ["rnn", "lstm", "gru"]
+    assert rows["rnn"] == ["0.900", "**0.625 ± 0.177**"]
+    assert rows["lstm"] == ["**0.950**", "**0.625**"]
+    assert rows["gru"] == ["1 error", "0.250 (1 diverged)"]
+    assert parse_table(summary, "adding") == (["L=8"], {"tcn": ["**0.500**"]})
+    assert "made-up" in summary.splitlines()[0]
+    assert "parity" in capsys.readouterr().out

@@ -1,0 +1,215 @@
+"""Task definitions: batch layout, seeding, exact chance levels and baselines, loss/score rules."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import perfect_outputs, sample
+
+from bench.strict import ConfigError
+from tasks import TASKS, get_task
+from tasks.adding import Adding
+from tasks.copy_memory import CopyMemory
+from tasks.parity import Parity
+
+
+def lengths_for(task) -> list[int]:
+    return [task.min_length, task.min_length + 1, 9, 32]
+
+
+def constant_outputs(task, batch) -> torch.Tensor:
+    """Input-independent predictions: copy and parity always guess class 1, adding always 1.0."""
+    b, length = batch.inputs.shape[:2]
+    out = torch.zeros(b, length, task.io.output_size)
+    if task.target == "regression":
+        out[..., 0] = 1.0
+    else:
+        out[..., 1] = 1.0
+    return out
+
+
+# --- every task ------------------------------------------------------------------------------
+
+
+def test_registry_names_match_classes():
+    assert set(TASKS) == {"copy", "adding", "parity"}
+    for name, cls in TASKS.items():
+        assert cls.name == name
+        assert isinstance(get_task(name), cls)
+
+
+def test_unknown_task_lists_choices():
+    message = r"^task: unknown value 'nope'; allowed: adding, copy, parity$"
+    with pytest.raises(ConfigError, match=message):
+        get_task("nope")
+
+
+def test_batch_shapes_dtypes_and_device(task):
+    for length in lengths_for(task):
+        b, seq = 5, task.seq_len(length)
+        batch = sample(task, length, b)
+        if task.io.input_kind == "tokens":
+            assert batch.inputs.shape == (b, seq)
+            assert batch.inputs.dtype == torch.int64
+            assert 0 <= batch.inputs.min() and batch.inputs.max() < task.io.input_size
+        else:
+            assert batch.inputs.shape == (b, seq, task.io.input_size)
+            assert batch.inputs.dtype == torch.float32
+        if task.readout == "per_step":
+            assert batch.targets.shape == (b, seq)
+            assert batch.mask.shape == (b, seq) and batch.mask.dtype == torch.bool
+        else:
+            assert batch.targets.shape == (b,)
+            assert batch.mask is None
+        if task.target == "regression":
+            assert batch.targets.dtype == torch.float32
+        else:
+            assert batch.targets.dtype == torch.int64
+            assert 0 <= batch.targets.min() and batch.targets.max() < task.io.output_size
+        tensors = [batch.inputs, batch.targets] + ([batch.mask] if batch.mask is not None else [])
+        assert all(t.device.type == "cpu" for t in tensors)
+
+
+def test_same_seed_same_batch_different_seed_different_batch(task):
+    a, b, c = (sample(task, 8, 16, seed=s) for s in (3, 3, 4))
+    assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
+    if a.mask is not None:
+        assert torch.equal(a.mask, b.mask)
+    assert not torch.equal(a.inputs, c.inputs)
+
+
+def test_perfect_predictor_scores_one(task):
+    for length in lengths_for(task):
+        batch = sample(task, length, 64)
+        out = perfect_outputs(task, batch)
+        score = task.score(out, batch)
+        assert score.shape == (64,)
+        assert torch.all(score == 1.0)
+        assert task.loss(out, batch).item() < 1e-4
+
+
+def test_constant_guesser_scores_chance(task):
+    """Monte-Carlo: the best input-independent guess lands on task.chance within 5 std errors."""
+    length, n = task.min_length + 2, 40_000
+    batch = sample(task, length, n, seed=11)
+    scores = task.score(constant_outputs(task, batch), batch)
+    assert scores.shape == (n,) and scores.min() >= 0 and scores.max() <= 1
+    p = task.chance(length)
+    assert scores.mean().item() == pytest.approx(p, abs=5 * math.sqrt(p * (1 - p) / n))
+
+
+def test_check_length_rejects_short_lengths(task):
+    task.check_length(task.min_length)
+    message = rf"^length: task '{task.name}' needs an integer length >= {task.min_length}, got"
+    for bad in (task.min_length - 1, 0, -1):
+        with pytest.raises(ConfigError, match=message):
+            task.check_length(bad)
+    with pytest.raises(ConfigError, match=r"^lengths\.x\[0\]: "):
+        task.check_length(task.min_length - 1, field="lengths.x[0]")
+    with pytest.raises(ConfigError, match="length"):
+        task.check_length(float(task.min_length + 1))
+
+
+# --- copy memory -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("delay", [1, 2, 5, 37])
+def test_copy_layout(delay):
+    task = CopyMemory()
+    batch = sample(task, delay, 32, seed=delay)
+    x, y, mask = batch.inputs, batch.targets, batch.mask
+    assert task.seq_len(delay) == delay + 20
+    assert x.shape == y.shape == mask.shape == (32, delay + 20)
+    symbols = x[:, :10]
+    assert symbols.min() >= 1 and symbols.max() <= 8
+    assert torch.all(x[:, 10 : 10 + delay - 1] == 0)
+    assert torch.all(x[:, delay + 9 :] == 9) and x[:, delay + 9 :].shape[1] == 11
+    assert torch.all(y[:, :-10] == 0)
+    assert torch.equal(y[:, -10:], symbols)
+    assert torch.all(mask[:, -10:]) and not torch.any(mask[:, :-10])
+
+
+@pytest.mark.parametrize("delay", [1, 10, 100])
+def test_copy_memoryless_baseline_loss(delay):
+    """Certain blank on the first T + 10 steps, uniform over 1..8 on the last 10: loss
+    10 ln 8 / (T + 20)."""
+    task = CopyMemory()
+    batch = sample(task, delay, 8)
+    seq = delay + 20
+    out = torch.full((8, seq, 10), -1e9)
+    out[:, : seq - 10, 0] = 0.0
+    out[:, seq - 10 :, 1:9] = 0.0
+    expected = 10 * math.log(8) / seq
+    assert task.loss(out, batch).item() == pytest.approx(expected, abs=1e-5)
+    assert task.baseline_loss(delay) == pytest.approx(expected, rel=1e-12)
+    assert task.chance(delay) == 1 / 8
+
+
+# --- adding ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [2, 3, 10, 101])
+def test_adding_markers_values_and_target(length):
+    task = Adding()
+    batch = sample(task, length, 4000, seed=length)
+    values, markers = batch.inputs[..., 0], batch.inputs[..., 1]
+    half = length // 2
+    assert torch.all((markers == 0) | (markers == 1))
+    assert torch.all(markers[:, :half].sum(1) == 1)
+    assert torch.all(markers[:, half:].sum(1) == 1)
+    assert values.min() >= 0 and values.max() < 1
+    torch.testing.assert_close(batch.targets, (values * markers).sum(1), rtol=0, atol=1e-6)
+    # every position of each half gets marked sometimes (no off-by-one in the placement)
+    assert torch.all(markers.sum(0) > 0)
+
+
+def test_adding_constant_one_baseline_monte_carlo():
+    """Predicting 1 always: MSE -> Var(X1 + X2) = 1/6; score -> P(|S - 1| < 0.04) = 2e - e^2."""
+    task, n, length = Adding(), 200_000, 6
+    batch = sample(task, length, n, seed=5)
+    out = torch.ones(n, length, 1)
+    # (S - 1)^2 has variance E[Y^4] - E[Y^2]^2 = 1/15 - 1/36 = 7/180 for Y triangular on [-1, 1]
+    assert task.loss(out, batch).item() == pytest.approx(1 / 6, abs=4 * math.sqrt(7 / 180 / n))
+    assert task.baseline_loss(length) == pytest.approx(1 / 6)
+    p = task.chance(length)
+    assert p == pytest.approx(2 * 0.04 - 0.04**2) and p == pytest.approx(0.0784)
+    score = task.score(out, batch).mean().item()
+    assert score == pytest.approx(p, abs=4 * math.sqrt(p * (1 - p) / n))
+    # the constant 1 is the best constant: shifting it raises the MSE
+    assert task.loss(out + 0.1, batch) > task.loss(out, batch)
+    assert task.loss(out - 0.1, batch) > task.loss(out, batch)
+
+
+def test_adding_score_counts_errors_below_tolerance():
+    task = Adding()
+    batch = sample(task, 4, 3)
+    out = perfect_outputs(task, batch)
+    out[0, -1, 0] += 0.039
+    out[1, -1, 0] -= 0.041
+    out[2, 0, 0] += 5.0  # only the last step is read out
+    assert task.score(out, batch).tolist() == [1.0, 0.0, 1.0]
+
+
+# --- parity ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 64])
+def test_parity_target_is_sum_mod_two(length):
+    task = Parity()
+    batch = sample(task, length, 512, seed=length)
+    assert set(batch.inputs.unique().tolist()) <= {0, 1}
+    assert torch.equal(batch.targets, batch.inputs.sum(1) % 2)
+    assert task.chance(length) == 0.5
+    assert task.baseline_loss(length) is None
+
+
+def test_parity_reads_only_the_last_step():
+    task = Parity()
+    batch = sample(task, 5, 64)
+    out = perfect_outputs(task, batch)
+    out[:, :-1] = torch.randn(64, 4, 2) * 100  # garbage before the last step is ignored
+    assert torch.all(task.score(out, batch) == 1.0)
+    flipped = out.clone()
+    flipped[:, -1] = flipped[:, -1].flip(-1)
+    assert torch.all(task.score(flipped, batch) == 0.0)
