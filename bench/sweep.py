@@ -46,7 +46,9 @@ class SweepSpec:
     def validate(self, where: str) -> None:
         require(self.name.replace("-", "").replace("_", "").isalnum(), "name",
                 f"use letters, digits, '-' and '_' only, got {self.name!r}")
-        require(len(set(self.seeds)) == len(self.seeds), "seeds", "must not repeat")
+        for name in ("tasks", "models", "seeds"):
+            values = getattr(self, name)
+            require(len(set(values)) == len(values), name, f"must not repeat, got {list(values)}")
         for table, allowed in (("lengths", self.tasks), ("task_train", self.tasks),
                                ("hparams", self.models)):
             value = getattr(self, table)
@@ -133,6 +135,7 @@ def _init_worker(threads: int) -> None:
 def _completed(todo: list[CellConfig], workers: int, threads: int) -> Iterator[CellRecord]:
     """Records of todo as they finish: in this process, or in a spawn-started process pool."""
     if workers <= 1:
+        _init_worker(threads)
         yield from map(run_cell, todo)
         return
     ctx = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools and locks
@@ -159,6 +162,8 @@ def run_sweep(
 ) -> tuple[Store, Counter]:
     """Run the missing cells of spec into root/<name>/ and regenerate its tables.
 
+    workers > 1 runs cells in a spawn-started process pool, each worker with `threads` threads.
+
     Each record is saved (atomically) as soon as its cell finishes, so an interrupted sweep loses
     only the cells in flight. Returns the store and a count of statuses for the cells run now.
     """
@@ -171,5 +176,6 @@ def run_sweep(
         statuses[record.status] += 1
         if on_cell:
             on_cell(record, i, len(todo))
-    write_summary(store, f"seqbench sweep `{spec.name}`", environment(spec.device))
+    env = environment(spec.device) | {"workers": workers, "threads": threads}
+    write_summary(store, f"seqbench sweep `{spec.name}`", env)
     return store, statuses

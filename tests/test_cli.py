@@ -149,6 +149,8 @@ SWEEP_ERRORS = {
         ["lengths key: unknown value 'copy'", "allowed: parity"]),
     "length too short": (VALID_SWEEP.replace("lengths = [2]", "lengths = [2, 0]"),
                          ["length: task 'parity' needs an integer length >= 1, got 0"]),
+    "repeated model": (VALID_SWEEP.replace('models = ["rnn"]', 'models = ["rnn", "rnn"]'),
+                       ["models: must not repeat, got ['rnn', 'rnn']"]),
     "missing name": (VALID_SWEEP.replace('name = "tiny"\n', ""), ["name: required key is missing"]),
     "invalid TOML": (VALID_SWEEP + "steps = = 3\n", ["not valid TOML"]),
 }
