@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tomllib
 from pathlib import Path
@@ -16,18 +17,22 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 
 from bench.config import CellConfig
+from bench.env import environment
+from bench.measure import MeasurePoint, matmul_peak, measure, overhead
 from bench.models import FAMILIES
 from bench.record import CellRecord
-from bench.report import rich_tables, task_tables
-from bench.store import Store
+from bench.report import measurement_tables, rich_tables, task_tables
+from bench.store import Store, atomic_write
 from bench.strict import ConfigError, parse_count, require
 from bench.sweep import PRESETS, default_workers, preset, run_sweep, spec_from_file, write_summary
 from bench.train import run_cell
 from tasks import TASKS
 
 console = Console()
+OVERHEAD_BAR = 1.05  # the harness may cost at most 5% over a bare loop
 
 
 def _literal(field: str, text: str):
@@ -116,16 +121,73 @@ def cmd_sweep(args) -> int:
 
 
 def _print_tables(store: Store) -> None:
-    df = store.frame()
-    for table in rich_tables(task_tables(df)) if not df.empty else []:
+    df, mdf = store.frame(), store.measurement_frame()
+    tables = (task_tables(df) if not df.empty else []) + (
+        measurement_tables(mdf) if not mdf.empty else [])
+    for table in rich_tables(tables):
         console.print(table)
-    console.print(f"tables: {store.root / 'summary.md'}, {store.root / 'results.csv'}")
+    console.print(f"tables: {store.root / 'summary.md'}")
+
+
+def _list(field: str, text: str, kind=str) -> list:
+    try:
+        values = [kind(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{field}: expected a comma-separated list, got {text!r}") from None
+    require(bool(values), field, "must not be empty")
+    return values
+
+
+def cmd_measure(args) -> int:
+    points = [
+        MeasurePoint(model=m, length=n, batch_size=args.batch, device=args.device, dtype=args.dtype,
+                     params=parse_count("params", args.params), task=args.task)
+        for m in _list("--models", args.models) for n in _list("--lengths", args.lengths, int)
+    ]
+    stream = tuple(_list("--stream", args.stream, int)) if args.stream else ()
+    require(args.blocks >= 5, "--blocks", f"must be >= 5, got {args.blocks}")
+    _check_device(args.device)
+    store = Store(Path(args.out) / (args.name or f"measure-{args.device}-{args.dtype}"))
+    if args.check_overhead:
+        return _check_overhead(points, store)
+    peak = matmul_peak(args.device, args.dtype)
+    atomic_write(store.root / "calibration.json", json.dumps(
+        {"matmul_peak_flops_per_s": peak, "device": args.device, "dtype": args.dtype,
+         "threads": torch.get_num_threads()}, indent=1) + "\n")
+    console.print(f"matmul peak on {args.device} ({args.dtype}): {peak / 1e9:.1f} GFLOP/s")
+    for i, point in enumerate(points, 1):
+        record = measure(point, peak=peak, rss=not args.no_rss, blocks=args.blocks,
+                         stream_positions=stream)
+        store.save_measurement(record)
+        figure = (f"train {record.train_ms:.2f} ms, infer {record.infer_ms:.2f} ms"
+                  if record.status == "ok" else f"{record.status}: {record.error}")
+        print(f"[{i}/{len(points)}] {point.model} L={point.length}: {figure}", flush=True)
+    write_summary(store, f"seqbench measurements `{store.root.name}`",
+                  environment(args.device) | {"matmul_peak_flops_per_s": peak})
+    _print_tables(store)
+    return 0
+
+
+def _check_overhead(points, store: Store) -> int:
+    """The harness's training step against a bare hand-written loop, side by side."""
+    rows = [overhead(p) for p in points]
+    table = Table(title="harness vs bare PyTorch training step (median ms, interleaved)")
+    for col in ("model", "length", "harness ms", "bare ms", "ratio"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r["model"], str(r["length"]), f"{r['harness_ms']:.3f}",
+                      f"{r['bare_ms']:.3f}", f"{r['ratio']:.3f}")
+    console.print(table)
+    atomic_write(store.root / "overhead.json", json.dumps(rows, indent=1) + "\n")
+    worst = max(r["ratio"] for r in rows)
+    console.print(f"worst ratio {worst:.3f} (bar: <= {OVERHEAD_BAR})")
+    return 0 if worst <= OVERHEAD_BAR else 1
 
 
 def cmd_report(args) -> int:
     store = Store(args.dir)
-    if not store.cells.is_dir():
-        raise ConfigError(f"report: {args.dir} holds no cells/ folder of records")
+    if not (store.cells.is_dir() or store.measurements.is_dir()):
+        raise ConfigError(f"report: {args.dir} holds no cells/ or measurements/ folder")
     write_summary(store, f"seqbench sweep `{store.root.name}`")
     _print_tables(store)
     return 0
@@ -162,6 +224,23 @@ def parser() -> argparse.ArgumentParser:
                        help="parallel cells (default: one per core on CPU, 1 on CUDA)")
     sweep.add_argument("--strict", action="store_true", help="exit 1 if any cell failed")
     sweep.set_defaults(fn=cmd_sweep)
+
+    meas = sub.add_parser("measure", help="throughput, memory, FLOPs and streaming per point")
+    meas.add_argument("--models", default=",".join(FAMILIES))
+    meas.add_argument("--lengths", default="64,256,1024,4096")
+    meas.add_argument("--batch", type=int, default=32)
+    meas.add_argument("--device", default="cpu")
+    meas.add_argument("--dtype", default="fp32", help="fp32 or bf16 (autocast)")
+    meas.add_argument("--params", default="20k")
+    meas.add_argument("--task", default="parity", help="supplies input/output shapes and loss")
+    meas.add_argument("--blocks", type=int, default=7, help="timed blocks per figure (>= 5)")
+    meas.add_argument("--stream", default="", help="stream positions, e.g. 1024,4096,16384")
+    meas.add_argument("--no-rss", action="store_true", help="skip the fresh-process RSS figure")
+    meas.add_argument("--check-overhead", action="store_true",
+                      help="compare the harness's training step with a bare PyTorch loop")
+    meas.add_argument("--out", default="results")
+    meas.add_argument("--name", help="store folder name (default measure-<device>-<dtype>)")
+    meas.set_defaults(fn=cmd_measure)
 
     report = sub.add_parser("report", help="tables from the stored records of a sweep folder")
     report.add_argument("dir")

@@ -38,6 +38,9 @@ class CellRecord:
     train_tokens_per_s: float | None = None
     error: str | None = None
     history: list[dict] = field(default_factory=list)  # {step, train_loss, eval_loss, score}
+    # gradient flow through time (bench.gradflow): {"untrained": flow, "trained": flow}, each
+    # {"distance": [...], "norm": [...]}; "trained" is absent when training diverged
+    grad_flow: dict = field(default_factory=dict)
     env: dict = field(default_factory=dict)
     schema: int = SCHEMA
 
@@ -60,7 +63,7 @@ class CellRecord:
         return record
 
     def row(self) -> dict[str, Any]:
-        """One tidy row: config fields flattened, scalar results, no history."""
+        """One tidy row: config fields flattened, scalar results, no history or gradient flow."""
         cfg = self.config
         flat = {
             "key": self.key,
@@ -73,7 +76,7 @@ class CellRecord:
             **{f"train.{k}": v for k, v in dataclasses.asdict(cfg.train).items()},
             **{f"hp.{k}": v for k, v in dataclasses.asdict(cfg.hparams).items()},
         }
-        skip = {"key", "config", "history", "env", "model_info", "schema"}
+        skip = {"key", "config", "history", "grad_flow", "env", "model_info", "schema"}
         results = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         info = {f"info.{k}": v for k, v in self.model_info.items()}
         return flat | results | info

@@ -2,7 +2,9 @@
 
 Layout of results/<name>/: cells/<task>_<model>_L<length>_s<seed>_<key>.json (one per cell, written
 atomically: a temporary file in the same folder, flushed, fsynced, then renamed over the target),
-results.csv (tidy, one row per cell), env.json, summary.md. Records that fail to parse or whose key
+results.csv (tidy, one row per cell), env.json, summary.md; and for speed and memory,
+measurements/<model>_L<length>_<key>.json (one per measured point), measurements.csv,
+calibration.json (this machine's matmul peak). Records that fail to parse or whose key
 does not match their config are reported and ignored, never trusted.
 """
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Store:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.cells = self.root / "cells"
+        self.measurements = self.root / "measurements"
 
     def path_for(self, record: CellRecord) -> Path:
         c = record.config
@@ -61,14 +64,45 @@ class Store:
             records[record.key] = record
         return records
 
+    def save_measurement(self, record) -> Path:
+        """Store a bench.measure.MeasureRecord (a new measurement of a point replaces the old)."""
+        p = record.point
+        path = self.measurements / f"{p['model']}_L{p['length']}_{record.key}.json"
+        atomic_write(path, json.dumps(record.to_dict(), indent=1, sort_keys=True) + "\n")
+        return path
+
+    def load_measurements(self) -> list[dict]:
+        """Stored measurement records as dicts; unreadable files are warned about and skipped."""
+        out = []
+        for path in sorted(self.measurements.glob("*.json")):
+            try:
+                data = json.loads(path.read_text())
+                if not path.name.endswith(f"_{data['key']}.json"):
+                    raise KeyError("file name does not match the record's key")
+            except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+                warnings.warn(f"ignoring unusable measurement {path}: {exc}", stacklevel=2)
+                continue
+            out.append(data)
+        return out
+
     def frame(self) -> pd.DataFrame:
         """Tidy table of the stored records, one row per cell."""
         rows = [r.row() for r in self.load().values()]
         return pd.DataFrame(rows)
 
-    def write_tables(self, env: dict) -> pd.DataFrame:
-        """Write results.csv and env.json from the stored records; return the frame."""
-        df = self.frame()
-        atomic_write(self.root / "results.csv", df.to_csv(index=False))
+    def measurement_frame(self) -> pd.DataFrame:
+        """Tidy table of the stored measurements, one row per point."""
+        from bench.measure import MeasureRecord
+
+        return pd.DataFrame([MeasureRecord(**m).row() for m in self.load_measurements()])
+
+    def write_tables(self, env: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Write results.csv, measurements.csv (where there are any) and env.json from the stored
+        records; return both frames."""
+        df, mdf = self.frame(), self.measurement_frame()
+        if not df.empty:
+            atomic_write(self.root / "results.csv", df.to_csv(index=False))
+        if not mdf.empty:
+            atomic_write(self.root / "measurements.csv", mdf.to_csv(index=False))
         atomic_write(self.root / "env.json", json.dumps(env, indent=1, sort_keys=True) + "\n")
-        return df
+        return df, mdf

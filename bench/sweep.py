@@ -22,7 +22,7 @@ import torch
 from bench.config import CellConfig, TrainConfig
 from bench.env import environment
 from bench.record import CellRecord
-from bench.report import markdown, task_tables
+from bench.report import markdown, measurement_tables, task_tables
 from bench.store import Store, atomic_write
 from bench.strict import ConfigError, check_choice, coerce, from_mapping, require
 from bench.train import failed, new_record, run_cell
@@ -110,15 +110,18 @@ def spec_from_file(path: str | Path) -> SweepSpec:
 
 
 def write_summary(store: Store, title: str, env: dict | None = None) -> str:
-    """Regenerate results.csv, env.json and summary.md from the stored records.
+    """Regenerate results.csv, measurements.csv, env.json and summary.md from the stored records.
 
     env defaults to the environment stored in the first record (reports never re-measure).
     """
     if env is None:
-        records = store.load()
-        env = next(iter(records.values())).env if records else {}
-    df = store.write_tables(env)
-    text = markdown(task_tables(df), title) if not df.empty else f"# {title}\n\nNo records.\n"
+        records = list(store.load().values()) + store.load_measurements()
+        first = records[0] if records else {}
+        env = first.env if isinstance(first, CellRecord) else first.get("env", {})
+    df, mdf = store.write_tables(env)
+    tables = (task_tables(df) if not df.empty else []) + (
+        measurement_tables(mdf) if not mdf.empty else [])
+    text = markdown(tables, title) if tables else f"# {title}\n\nNo records.\n"
     atomic_write(store.root / "summary.md", text)
     return text
 

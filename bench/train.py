@@ -4,6 +4,9 @@ Every step draws a fresh batch from the training generator (infinite data); the 
 drawn once from a separately seeded generator and depends only on (task, length, seed), so every
 model is scored on the same sequences. Training stops at the step budget, on reaching the task's
 solve threshold at an evaluation, or on a non-finite loss or gradient (status `diverged`).
+
+Gradient flow through time (bench.gradflow) is measured on a fixed slice of the held-out set twice:
+on the untrained model, and on the trained one unless training diverged.
 """
 from __future__ import annotations
 
@@ -15,11 +18,13 @@ import torch
 
 from bench.config import CellConfig
 from bench.env import environment
+from bench.gradflow import gradient_flow
 from bench.models import build_model, count_parameters
 from bench.record import CellRecord
 from tasks import Batch, Task, get_task
 
 EVAL_CHUNK = 256  # held-out samples per forward pass
+FLOW_SAMPLES = 64  # gradient-flow samples, at most; never more than a training batch (memory)
 
 
 def generator(seed: int, stream: int, device: str) -> torch.Generator:
@@ -32,6 +37,16 @@ def held_out(task: Task, cfg: CellConfig) -> list[Batch]:
     n = cfg.train.eval_samples
     sizes = [min(EVAL_CHUNK, n - i) for i in range(0, n, EVAL_CHUNK)]
     return [task.sample(cfg.length, size, g, cfg.device) for size in sizes]
+
+
+def flow_batch(batches: list[Batch], batch_size: int) -> Batch:
+    """The fixed gradient-flow batch: the first min(FLOW_SAMPLES, batch_size) held-out samples,
+    so it depends only on (task, length, seed, batch size) and needs no more memory than a
+    training step (a forward and a backward of at most one training batch)."""
+    first = batches[0]
+    n = min(FLOW_SAMPLES, batch_size)
+    mask = None if first.mask is None else first.mask[:n]
+    return Batch(first.inputs[:n], first.targets[:n], mask)
 
 
 @torch.no_grad()
@@ -48,7 +63,7 @@ def evaluate(model, task: Task, batches: list[Batch]) -> tuple[float, float]:
     return loss / total, score / total
 
 
-def _is_oom(exc: BaseException) -> bool:
+def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or (
         isinstance(exc, RuntimeError)
         and ("out of memory" in str(exc) or "can't allocate memory" in str(exc))
@@ -79,7 +94,7 @@ def new_record(cfg: CellConfig) -> CellRecord:
 
 def failed(record: CellRecord, exc: BaseException) -> CellRecord:
     """Mark record with the status of exc: `oom` for out-of-memory, else `error`."""
-    record.status = "oom" if _is_oom(exc) else "error"
+    record.status = "oom" if is_oom(exc) else "error"
     record.error = "".join(traceback.format_exception_only(exc)).strip()
     return record
 
@@ -107,6 +122,8 @@ def _train(cfg: CellConfig, task: Task, record: CellRecord) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     train_gen = generator(cfg.seed, 0, cfg.device)
     evaluation = held_out(task, cfg)
+    flow = flow_batch(evaluation, tc.batch_size)
+    record.grad_flow = {"untrained": gradient_flow(model, task, flow)}
 
     window: list[float] = []
     train_time = 0.0
@@ -141,6 +158,8 @@ def _train(cfg: CellConfig, task: Task, record: CellRecord) -> None:
             if record.score >= task.solve_threshold:
                 record.status, record.solved = "solved", True
                 break
+    if record.status != "diverged":
+        record.grad_flow["trained"] = gradient_flow(model, task, flow)
     record.train_time_s = train_time
     if train_time > 0:
         record.train_tokens_per_s = record.steps * tc.batch_size * record.seq_len / train_time

@@ -187,7 +187,7 @@ def test_sweep_rejects_bad_arguments(tmp_path, capsys, args, fragments):
 
 
 def test_report_needs_a_records_folder(tmp_path, capsys):
-    expect_rejected(capsys, ["report", str(tmp_path / "nothing")], "holds no cells/ folder")
+    expect_rejected(capsys, ["report", str(tmp_path / "nothing")], "holds no cells/ or measurements/ folder")
 
 
 def test_console_script_exit_code(tmp_path):

@@ -5,7 +5,7 @@ import warnings
 from typing import Any
 
 from bench.models import recurrent, tcn, transformer
-from bench.models.base import Family, SequenceModel, count_parameters
+from bench.models.base import Family, SequenceModel, count_parameters, state_bytes
 from bench.strict import check_choice, from_mapping
 from tasks.base import IOSpec
 
@@ -63,5 +63,5 @@ __all__ = [
     "FAMILIES",
     "BudgetWarning",
     "SequenceModel", "build_model", "count_parameters", "get_family",
-    "parse_hparams",
+    "parse_hparams", "state_bytes",
 ]

@@ -3,6 +3,11 @@
 A model maps a batch of length L, (B, L) tokens or (B, L, F) features, to per-step outputs
 (B, L, output_size); the output at step t depends only on inputs at steps <= t. Families are sized
 to a shared parameter budget by searching their single width knob.
+
+Streaming: every core also runs one step at a time with carried state, init_state(batch_size,
+device, dtype) -> state and step(x_t (B, d_in), state) -> (y_t (B, d_out), new_state), giving the
+same outputs as forward. step is functional (it never mutates the state it is given, so one state
+can be stepped repeatedly, as timing does) and computes eval-mode outputs (no dropout).
 """
 from __future__ import annotations
 
@@ -18,7 +23,8 @@ from tasks.base import IOSpec
 
 @dataclass
 class Core:
-    """A family's core module, mapping (B, L, d_in) to (B, L, d_out), plus facts for the record."""
+    """A family's core module, mapping (B, L, d_in) to (B, L, d_out) and streaming one step at a
+    time (init_state, step), plus facts for the record."""
 
     module: nn.Module
     d_in: int
@@ -40,6 +46,32 @@ class SequenceModel(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.head(self.core(self.encoder(inputs)))
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> Any:
+        """The core's streaming state before the first step (default: the head's device, dtype)."""
+        weight = self.head.weight
+        return self.core.init_state(batch_size, device or weight.device, dtype or weight.dtype)
+
+    def step(self, inputs_t: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """One streaming step: inputs_t (B,) tokens or (B, F) features -> (B, output_size) and the
+        new state; the input state is left untouched. Eval mode only: forward's dropout has no
+        single-step counterpart, so a training-mode call is refused rather than silently differ."""
+        if self.training:
+            raise RuntimeError("streaming computes eval-mode outputs: call model.eval() first")
+        y, state = self.core.step(self.encoder(inputs_t), state)
+        return self.head(y), state
+
+
+def state_bytes(state: Any) -> int:
+    """Bytes held by the tensors of a streaming state (nested tuples, lists, dicts; other leaves,
+    such as a position counter, count as zero)."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return state_bytes(list(state.values()))
+    if isinstance(state, (tuple, list)):
+        return sum(state_bytes(s) for s in state)
+    return 0
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from bench.models.base import Core, Family
@@ -26,7 +27,12 @@ class LSTMHP(RecurrentHP):
 
 
 class Recurrent(nn.Module):
-    """Wraps an nn.RNNBase to return only the per-step outputs."""
+    """Wraps an nn.RNNBase to return only the per-step outputs.
+
+    Streaming state: the hidden state h (layers, B, H), for an LSTM (h, c): O(1) in the position.
+    A step runs the torch module itself on a length-1 sequence (cuDNN on GPUs), which returns a
+    new state and leaves the one passed in untouched.
+    """
 
     def __init__(self, rnn: nn.RNNBase):
         super().__init__()
@@ -34,6 +40,15 @@ class Recurrent(nn.Module):
 
     def forward(self, x):
         return self.rnn(x)[0]
+
+    def init_state(self, batch_size: int, device, dtype):
+        shape = (self.rnn.num_layers, batch_size, self.rnn.hidden_size)
+        h = torch.zeros(shape, device=device, dtype=dtype)
+        return (h, torch.zeros_like(h)) if isinstance(self.rnn, nn.LSTM) else h
+
+    def step(self, x_t, state):
+        y, state = self.rnn(x_t.unsqueeze(1), state)
+        return y[:, 0], state
 
 
 def _torch_rnn(cls: type[nn.RNNBase], width: int, hp: RecurrentHP, **kwargs) -> nn.RNNBase:

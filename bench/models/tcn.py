@@ -5,6 +5,9 @@ Residual block: [weight-normalised dilated causal Conv1d -> ReLU -> dropout] x 2
 on the residual when widths differ, output ReLU(out + residual); dilation 2^i at level i. Causality
 comes from left padding by (k - 1) * d alone (the reference pads both sides and chomps, computing
 (k - 1) * d outputs per convolution that it throws away). Receptive field: 1 + 2 (k - 1)(2^n - 1).
+
+Streaming state: per causal convolution a buffer of its last (k - 1) * d inputs, zeros at the start
+as forward's left padding, so field - 1 past inputs per channel in all: O(receptive field).
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import math
 import warnings
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
@@ -52,6 +56,17 @@ class CausalConv1d(nn.Module):
     def forward(self, x):
         return self.conv(F.pad(x, (self.pad, 0)))
 
+    def init_state(self, batch_size: int, device, dtype):
+        return torch.zeros(batch_size, self.conv.in_channels, self.pad, device=device, dtype=dtype)
+
+    def step(self, x_t, buffer):
+        """The output at the new step alone: the k dilated taps of [buffer, x_t] against the
+        weight (read through weight_norm each call), and the buffer shifted by one."""
+        window = torch.cat([buffer, x_t.unsqueeze(-1)], dim=-1)  # (B, C_in, pad + 1)
+        taps = window[..., :: self.conv.dilation[0]]  # (B, C_in, k)
+        y = F.linear(taps.flatten(1), self.conv.weight.flatten(1), self.conv.bias)
+        return y, window[..., 1:]
+
 
 class TemporalBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, kernel_size: int, dilation: int, dropout: float):
@@ -69,6 +84,24 @@ class TemporalBlock(nn.Module):
     def forward(self, x):
         return F.relu(self.net(x) + self.downsample(x))
 
+    def init_state(self, batch_size: int, device, dtype):
+        return tuple(
+            conv.init_state(batch_size, device, dtype)
+            for conv in self.net
+            if isinstance(conv, CausalConv1d)
+        )
+
+    def step(self, x_t, state):
+        """forward for one step: the layers of net in order, convolutions through their buffers."""
+        h, buffers, new = x_t, iter(state), []
+        for layer in self.net:
+            if isinstance(layer, CausalConv1d):
+                h, buffer = layer.step(h, next(buffers))
+                new.append(buffer)
+            else:
+                h = layer(h)
+        return F.relu(h + self.downsample(x_t.unsqueeze(-1)).squeeze(-1)), tuple(new)
+
 
 class TCN(nn.Module):
     """(B, L, C) -> (B, L, C) stack of temporal blocks with dilations 1, 2, 4, ..."""
@@ -81,6 +114,16 @@ class TCN(nn.Module):
 
     def forward(self, x):
         return self.blocks(x.transpose(1, 2)).transpose(1, 2)
+
+    def init_state(self, batch_size: int, device, dtype):
+        return tuple(block.init_state(batch_size, device, dtype) for block in self.blocks)
+
+    def step(self, x_t, state):
+        new = []
+        for block, block_state in zip(self.blocks, state, strict=True):
+            x_t, block_state = block.step(x_t, block_state)
+            new.append(block_state)
+        return x_t, tuple(new)
 
 
 def build_tcn(io, width, hp: TCNHP, max_len):
