@@ -108,12 +108,12 @@ def cmd_sweep(args) -> int:
             def on_cell(record, i, n):
                 progress.update(bar, completed=i, total=n, description=f"done: {_describe(record)}")
 
-            store, statuses = run_sweep(spec, args.out, workers, threads, on_cell)
+            store, statuses = run_sweep(spec, args.out, workers, threads, on_cell, _point_line)
     else:
         def on_cell(record, i, n):
             print(f"[{i}/{n}] {_describe(record)}", flush=True)
 
-        store, statuses = run_sweep(spec, args.out, workers, threads, on_cell)
+        store, statuses = run_sweep(spec, args.out, workers, threads, on_cell, _point_line)
     _print_tables(store)
     console.print("cells run now: " + (", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) or "none (all stored)"))
     failed = sum(statuses[s] for s in ("diverged", "oom", "error"))
@@ -138,6 +138,13 @@ def _list(field: str, text: str, kind=str) -> list:
     return values
 
 
+def _point_line(record, i: int, n: int) -> None:
+    figure = (f"train {record.train_ms:.2f} ms, infer {record.infer_ms:.2f} ms"
+              if record.status == "ok" else f"{record.status}: {record.error}")
+    p = record.point
+    print(f"[{i}/{n}] measure {p['model']} L={p['length']}: {figure}", flush=True)
+
+
 def cmd_measure(args) -> int:
     points = [
         MeasurePoint(model=m, length=n, batch_size=args.batch, device=args.device, dtype=args.dtype,
@@ -159,9 +166,7 @@ def cmd_measure(args) -> int:
         record = measure(point, peak=peak, rss=not args.no_rss, blocks=args.blocks,
                          stream_positions=stream)
         store.save_measurement(record)
-        figure = (f"train {record.train_ms:.2f} ms, infer {record.infer_ms:.2f} ms"
-                  if record.status == "ok" else f"{record.status}: {record.error}")
-        print(f"[{i}/{len(points)}] {point.model} L={point.length}: {figure}", flush=True)
+        _point_line(record, i, len(points))
     write_summary(store, f"seqbench measurements `{store.root.name}`",
                   environment(args.device) | {"matmul_peak_flops_per_s": peak})
     _print_tables(store)

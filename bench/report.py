@@ -123,16 +123,27 @@ def _metric_table(df: pd.DataFrame, metric: str, title: str, unit: str, higher: 
                       _best(values, columns, higher))
 
 
+def _fit_text(fit: dict | None) -> str:
+    if fit is None:
+        return ""
+    quality = f"R² {fit['r2']:.2f}" if fit["points"] > 2 else f"{fit['points']} points"
+    return f"{fit['slope']:.2f} ({quality})"
+
+
 def _scaling_table(df: pd.DataFrame, setting: str) -> PivotTable:
-    columns = ["train time", "inference time", "activation memory", "FLOP/s / matmul peak"]
+    """Log-log slopes against length, plus efficiency and data cost at the longest length."""
+    columns = ["train time", "inference time", "activation memory", "FLOP/s / matmul peak",
+               "batch generation / step"]
     text = {}
     for model, mdf in df[df["status"] == "ok"].groupby("model"):
         rows = mdf.to_dict("records")
         for col, metric in zip(columns[:3], ("train_ms", "infer_ms", "saved_bytes")):
-            s = scaling(rows, metric)
-            text[(model, col)] = f"{s['slope']:.2f} (R² {s['r2']:.2f})" if s else ""
-        eff = mdf.sort_values("length")["efficiency"].dropna()
-        text[(model, columns[3])] = f"{eff.iloc[-1]:.1%} at L={mdf['length'].max()}" if len(eff) else ""
+            text[(model, col)] = _fit_text(scaling(rows, metric))
+        longest = mdf.sort_values("length").iloc[-1]
+        at = f" at L={longest['length']}"
+        if not pd.isna(longest.get("efficiency")):
+            text[(model, columns[3])] = f"{longest['efficiency']:.1%}{at}"
+        text[(model, columns[4])] = f"{longest['data_gen_fraction']:.2%}{at}"
     caption = (f"scaling with length: log-log slope (1 = linear, 2 = quadratic) and fit quality; "
                f"{setting}")
     return PivotTable("scaling", caption, columns, _models(df["model"]), text, set())

@@ -27,7 +27,8 @@ def check_choice(field: str, value: str, allowed: typing.Iterable[str]) -> str:
 
 
 def coerce(field: str, value: Any, kind: Any) -> Any:
-    """Check value against a simple annotation (int, float, str, bool, tuple[X, ...], X | None)."""
+    """Check value against an annotation: int, float, str, bool, tuple[X, ...], X | None, or a
+    dataclass (parsed from a mapping with from_mapping)."""
     origin = typing.get_origin(kind)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(kind)
@@ -42,6 +43,8 @@ def coerce(field: str, value: Any, kind: Any) -> Any:
         if not value:
             raise ConfigError(f"{field}: must not be empty")
         return tuple(coerce(f"{field}[{i}]", v, inner) for i, v in enumerate(value))
+    if dataclasses.is_dataclass(kind):
+        return value if isinstance(value, kind) else from_mapping(kind, value, field)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind in (int, float, str, bool) and (type(value) is not kind):
@@ -69,11 +72,7 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
     values = {}
     for name, value in data.items():
         path = f"{where}.{name}" if where else name
-        kind = hints[name]
-        if dataclasses.is_dataclass(kind):
-            values[name] = value if isinstance(value, kind) else from_mapping(kind, value, path)
-        else:
-            values[name] = coerce(path, value, kind)
+        values[name] = coerce(path, value, hints[name])
     missing = [
         n for n, f in fields.items()
         if n not in values

@@ -21,6 +21,7 @@ import torch
 
 from bench.config import CellConfig, TrainConfig
 from bench.env import environment
+from bench.measure import MeasurePoint, MeasureRecord, matmul_peak, measure
 from bench.record import CellRecord
 from bench.report import markdown, measurement_tables, task_tables
 from bench.store import Store, atomic_write
@@ -28,6 +29,22 @@ from bench.strict import ConfigError, check_choice, coerce, from_mapping, requir
 from bench.train import failed, new_record, run_cell
 
 PRESETS = ("smoke", "quick")
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    """Speed and memory points of a sweep: its models and device at these lengths."""
+
+    lengths: tuple[int, ...]
+    batch_size: int = 32
+    dtype: str = "fp32"
+    task: str = "parity"
+    rss: bool = True  # CPU: peak RSS growth in a fresh subprocess
+    stream: tuple[int, ...] | None = None  # streaming positions, none by default
+    blocks: int = 7
+
+    def validate(self, where: str) -> None:
+        require(self.blocks >= 5, f"{where}.blocks", f"must be >= 5, got {self.blocks}")
 
 
 @dataclass(frozen=True)
@@ -42,6 +59,7 @@ class SweepSpec:
     train: TrainConfig = field(default_factory=TrainConfig)
     task_train: Any = field(default_factory=dict)  # task -> partial train table overriding `train`
     hparams: Any = field(default_factory=dict)  # model -> hyper-parameter table
+    measure: MeasureSpec | None = None
 
     def validate(self, where: str) -> None:
         require(self.name.replace("-", "").replace("_", "").isalnum(), "name",
@@ -85,6 +103,19 @@ class SweepSpec:
         return out
 
 
+    def points(self) -> list[MeasurePoint]:
+        """Every measurement point of the sweep (none without a [measure] table), validated."""
+        m = self.measure
+        if m is None:
+            return []
+        return [
+            MeasurePoint(model=model, length=n, batch_size=m.batch_size, device=self.device,
+                         dtype=m.dtype, params=self.params, task=m.task,
+                         hparams=self.hparams.get(model, {}))
+            for model in self.models for n in m.lengths
+        ]
+
+
 def load_spec(text: str, source: str) -> SweepSpec:
     try:
         data = tomllib.loads(text)
@@ -92,6 +123,7 @@ def load_spec(text: str, source: str) -> SweepSpec:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     spec = from_mapping(SweepSpec, data)
     spec.cells()
+    spec.points()
     return spec
 
 
@@ -162,13 +194,16 @@ def run_sweep(
     workers: int = 1,
     threads: int = 1,
     on_cell: Callable[[CellRecord, int, int], None] | None = None,
+    on_point: Callable[[MeasureRecord, int, int], None] | None = None,
 ) -> tuple[Store, Counter]:
     """Run the missing cells of spec into root/<name>/ and regenerate its tables.
 
     workers > 1 runs cells in a spawn-started process pool, each worker with `threads` threads.
 
     Each record is saved (atomically) as soon as its cell finishes, so an interrupted sweep loses
-    only the cells in flight. Returns the store and a count of statuses for the cells run now.
+    only the cells in flight. Measurement points not yet stored run afterwards, one at a time in
+    this process with every thread of the pool (timing wants a quiet machine). Returns the store and
+    a count of statuses for the cells run now.
     """
     store = Store(Path(root) / spec.name)
     done = store.load()
@@ -179,6 +214,18 @@ def run_sweep(
         statuses[record.status] += 1
         if on_cell:
             on_cell(record, i, len(todo))
+    measured = {m["key"] for m in store.load_measurements()}
+    points = [p for p in spec.points() if p.key() not in measured]
+    if points:
+        torch.set_num_threads(workers * threads)
+        peak = matmul_peak(spec.device, spec.measure.dtype)
+        m = spec.measure
+        for i, point in enumerate(points, 1):
+            record = measure(point, peak=peak, rss=m.rss, blocks=m.blocks,
+                             stream_positions=m.stream or ())
+            store.save_measurement(record)
+            if on_point:
+                on_point(record, i, len(points))
     env = environment(spec.device) | {"workers": workers, "threads": threads}
     write_summary(store, f"seqbench sweep `{spec.name}`", env)
     return store, statuses

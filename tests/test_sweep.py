@@ -246,3 +246,53 @@ def test_report_marks_the_best_model_per_length_in_bold(tmp_path, capsys):
     assert parse_table(summary, "adding") == (["L=8"], {"tcn": ["**0.500**"]})
     assert "made-up" in summary.splitlines()[0]
     assert "parity" in capsys.readouterr().out
+
+
+MEASURED_SWEEP = """
+name = "measured"
+tasks = ["parity"]
+models = ["rnn", "tcn"]
+lengths = [2]
+params = 2000
+[train]
+steps = 2
+eval_every = 2
+eval_samples = 8
+batch_size = 4
+[measure]
+lengths = [8, 16]
+batch_size = 4
+rss = false
+blocks = 5
+"""
+
+
+def test_sweep_measures_its_points_once(tmp_path, monkeypatch):
+    spec = load_spec(MEASURED_SWEEP, "test")
+    store, _ = run_sweep(spec, tmp_path)
+    points = {p.key() for p in spec.points()}
+    assert len(points) == 4
+    assert {m["key"] for m in store.load_measurements()} == points
+    assert all(m["status"] == "ok" and m["train_ms"] > 0 for m in store.load_measurements())
+    assert len(pd.read_csv(store.root / "measurements.csv")) == 4
+    assert "training tokens/s" in (store.root / "summary.md").read_text()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a stored measurement was taken again")
+
+    monkeypatch.setattr(bench.sweep, "measure", refuse)
+    run_sweep(spec, tmp_path)  # resumes: nothing left to measure
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("lengths = [8, 16]", "lenghts = [8, 16]"), "measure.lenghts: unknown key"),
+        (("rss = false", 'dtype = "fp16"'), "dtype: unknown value 'fp16'; allowed: bf16, fp32"),
+        (("blocks = 5", "blocks = 2"), "measure.blocks: must be >= 5"),
+        (("lengths = [8, 16]", "lengths = [8, 0]"), "length: task 'parity' needs"),
+    ],
+)
+def test_measure_table_is_strict(change, message):
+    with pytest.raises(bench.sweep.ConfigError, match=re.escape(message)):
+        load_spec(MEASURED_SWEEP.replace(*change), "test")
