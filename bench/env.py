@@ -12,20 +12,26 @@ import torch
 import bench
 
 
-@cache
-def _git_commit() -> str | None:
+def _command(*argv: str) -> str | None:
+    """First line a command prints, or None where it is missing or fails."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            check=False,
-            cwd=Path(bench.__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
+            argv, check=False, cwd=Path(bench.__file__).resolve().parent,
+            capture_output=True, text=True, timeout=5,
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
+@cache
+def _git_commit() -> str | None:
+    return _command("git", "rev-parse", "HEAD")
+
+
+@cache
+def _gpu_driver() -> str | None:
+    return _command("nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader")
 
 
 @cache
@@ -56,6 +62,7 @@ def environment(device: str) -> dict:
     if device == "cuda":
         env |= {
             "gpu": torch.cuda.get_device_name(),
+            "gpu_driver": _gpu_driver(),
             "cuda": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version(),
             "cudnn_benchmark": torch.backends.cudnn.benchmark,
