@@ -1,4 +1,5 @@
-"""The `seqbench` command: list, run (one cell), sweep (a grid), report (tables from records)."""
+"""The `seqbench` command: list, run (one cell), sweep (a grid), report (tables from records),
+plot (figures from records)."""
 from __future__ import annotations
 
 import argparse
@@ -198,6 +199,14 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from bench.plots import plot_folder  # matplotlib and seaborn load only for this command
+
+    for path in plot_folder(args.dir):
+        print(path)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="seqbench", description=__doc__)
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
@@ -250,6 +259,10 @@ def parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="tables from the stored records of a sweep folder")
     report.add_argument("dir")
     report.set_defaults(fn=cmd_report)
+
+    plot = sub.add_parser("plot", help="figures (PNG and SVG) from the stored records of a folder")
+    plot.add_argument("dir", help="a sweep or measurement folder; figures go to DIR/plots/")
+    plot.set_defaults(fn=cmd_plot)
     return p
 
 

@@ -131,7 +131,7 @@ def test_cuda_without_gpu_is_a_config_error(tmp_path, capsys):
 SWEEP_ERRORS = {
     "unknown top-level key": ('colour = "red"\n' + VALID_SWEEP,
                               ["colour: unknown key",
-                               "allowed: device, hparams, lengths, models, name"]),
+                               "allowed: device, hparams, lengths, measure, models, name"]),
     "unknown train key": (VALID_SWEEP + "epochs = 3\n",
                           ["train.epochs: unknown key", "allowed: batch_size, clip, eval_every"]),
     "wrong type": (VALID_SWEEP.replace("steps = 2", 'steps = "ten"'),
