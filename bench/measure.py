@@ -8,10 +8,12 @@ step above the resident parameters and optimiser state (bench.memory); FLOPs of 
 the fraction of this machine's measured dense matmul peak it achieves; the cost of generating the
 batch relative to the step. An out-of-memory becomes status `oom`; any other failure `error`.
 
-FLOPs: torch.utils.flop_counter.FlopCounterMode counts matmuls, convolutions and attention; it does
-not see the fused RNN kernels, so torch.nn.RNN/LSTM/GRU modules are counted analytically:
-2 * gates * H * (H_in + H) per step, layer, direction and sample forward, and 3x that for a
-training step (backward ~ 2x forward). Bias and elementwise FLOPs are not counted.
+FLOPs: torch.utils.flop_counter.FlopCounterMode counts matmuls, convolutions and attention (CPU's
+fused attention through formulas added here); it does not see the fused RNN kernels, so
+torch.nn.RNN/LSTM/GRU modules are counted analytically, and what it does see inside them (the
+matmuls of CPU's RNN and GRU) is left out: 2 * gates * H * (H_in + H) per step, layer, direction
+and sample forward, and 3x that for a training step (backward ~ 2x forward). Bias and elementwise
+FLOPs are not counted.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from bench.config import DEVICES
 from bench.env import environment
@@ -176,10 +178,33 @@ def rnn_flops(model: nn.Module, batch: int, seq_len: int) -> float:
     return total * batch * seq_len
 
 
+# FlopCounterMode has formulas for the CUDA attention kernels but not for CPU's fused attention,
+# whose arguments start the same way (query, key, value; backward: grad_out, query, key, value).
+def _attention(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def _attention_backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _attention_backward,
+}
+
+
 def train_flops(h: Harness) -> float:
-    with FlopCounterMode(display=False) as counter:
+    """Counted FLOPs outside the torch.nn RNN modules plus their analytic count. (On CPU, RNN and
+    GRU run as visible mm/addmm ops, which would otherwise be counted twice; fused kernels such as
+    cuDNN or oneDNN's LSTM count nothing there.)"""
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
         h.train_step()
-    return counter.get_total_flops() + 3 * rnn_flops(h.model, h.point.batch_size, h.seq_len)
+    rnns = {n for n, m in h.model.named_modules() if isinstance(m, nn.RNNBase)}
+    inside = sum(sum(ops.values()) for name, ops in counter.get_flop_counts().items()
+                 if name.partition(".")[2] in rnns)  # module names are "<root class>.<path>"
+    return counter.get_total_flops() - inside + 3 * rnn_flops(
+        h.model, h.point.batch_size, h.seq_len)
 
 
 def matmul_peak(device: str, dtype: str) -> float:

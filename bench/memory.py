@@ -5,7 +5,8 @@
   Exact for what autograd keeps; it does not see backend workspaces (oneDNN, cuDNN).
 - cuda_peak: torch.cuda.max_memory_allocated (live tensors) and max_memory_reserved (allocator
   cache) during the step, above what was allocated before it (parameters, gradients, optimiser
-  state); neither includes the CUDA context.
+  state; the cache is emptied first, so reserved is measured from the segments holding those);
+  neither includes the CUDA context.
 - rss_growth_bytes: growth of the process's peak resident set (VmHWM) during one step, measured in
   a fresh subprocess after warm-up, with the high-water mark reset by writing 5 to
   /proc/self/clear_refs. It sees everything the CPU allocators touch (oneDNN workspaces included),
@@ -42,6 +43,7 @@ def saved_bytes(step: Callable[[], object], params: list[torch.Tensor]) -> int:
 def cuda_peak(step: Callable[[], object], device: str | torch.device) -> tuple[int, int]:
     """Peak allocated and reserved bytes during step(), above the allocation before it."""
     torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()  # else blocks cached by earlier steps hide the step's reservations
     base_alloc = torch.cuda.memory_allocated(device)
     base_reserved = torch.cuda.memory_reserved(device)
     torch.cuda.reset_peak_memory_stats(device)

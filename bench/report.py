@@ -143,7 +143,8 @@ def _scaling_table(df: pd.DataFrame, setting: str) -> PivotTable:
         at = f" at L={longest['length']}"
         if not pd.isna(longest.get("efficiency")):
             text[(model, columns[3])] = f"{longest['efficiency']:.1%}{at}"
-        text[(model, columns[4])] = f"{longest['data_gen_fraction']:.2%}{at}"
+        if not pd.isna(longest.get("data_gen_fraction")):
+            text[(model, columns[4])] = f"{longest['data_gen_fraction']:.2%}{at}"
     caption = (f"scaling with length: log-log slope (1 = linear, 2 = quadratic) and fit quality; "
                f"{setting}")
     return PivotTable("scaling", caption, columns, _models(df["model"]), text, set())

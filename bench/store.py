@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.measure import MEASURE_SCHEMA, MeasurePoint, MeasureRecord
 from bench.record import CellRecord, CorruptRecord
 
 
@@ -64,7 +65,7 @@ class Store:
             records[record.key] = record
         return records
 
-    def save_measurement(self, record) -> Path:
+    def save_measurement(self, record: MeasureRecord) -> Path:
         """Store a bench.measure.MeasureRecord (a new measurement of a point replaces the old)."""
         p = record.point
         path = self.measurements / f"{p['model']}_L{p['length']}_{record.key}.json"
@@ -77,9 +78,14 @@ class Store:
         for path in sorted(self.measurements.glob("*.json")):
             try:
                 data = json.loads(path.read_text())
-                if not path.name.endswith(f"_{data['key']}.json"):
+                record = MeasureRecord(**data)  # no unknown field
+                if record.schema != MEASURE_SCHEMA or data.get("schema") != MEASURE_SCHEMA:
+                    raise KeyError(f"schema {data.get('schema')!r}, expected {MEASURE_SCHEMA}")
+                if MeasurePoint.from_dict(record.point).key() != record.key:
+                    raise KeyError("key does not match the measured point")
+                if not path.name.endswith(f"_{record.key}.json"):
                     raise KeyError("file name does not match the record's key")
-            except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 warnings.warn(f"ignoring unusable measurement {path}: {exc}", stacklevel=2)
                 continue
             out.append(data)
@@ -92,8 +98,6 @@ class Store:
 
     def measurement_frame(self) -> pd.DataFrame:
         """Tidy table of the stored measurements, one row per point."""
-        from bench.measure import MeasureRecord
-
         return pd.DataFrame([MeasureRecord(**m).row() for m in self.load_measurements()])
 
     def write_tables(self, env: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
