@@ -1,15 +1,18 @@
 """The `seqbench` command: list, run (one cell), sweep (a grid), report (tables from records),
-plot (figures from records)."""
+plot (figures from records), gate (regression gate against a baseline, bench/gate.py)."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 import tomllib
+from collections import Counter
 from pathlib import Path
 
 import torch
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -19,16 +22,27 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from bench.config import CellConfig
 from bench.env import environment
+from bench.executors import EXECUTORS, make_executor
+from bench.gate import add_parser as add_gate_parser
 from bench.measure import MeasurePoint, matmul_peak, measure, overhead
 from bench.models import FAMILIES
-from bench.record import CellRecord
-from bench.report import measurement_tables, rich_tables, task_tables
+from bench.record import STATUSES, CellRecord
+from bench.report import measurement_tables, rich_tables, set_label, task_tables
 from bench.store import Store, atomic_write
 from bench.strict import ConfigError, parse_count, require
-from bench.sweep import PRESETS, default_workers, preset, run_sweep, spec_from_file, write_summary
+from bench.sweep import (
+    PRESETS,
+    default_workers,
+    plan_sweep,
+    preset,
+    run_sweep,
+    spec_from_file,
+    write_summary,
+)
 from bench.train import run_cell
 from tasks import TASKS
 
@@ -60,7 +74,7 @@ def _describe(record: CellRecord) -> str:
     c = record.config
     score = "-" if record.score is None else f"{record.score:.3f}"
     return (
-        f"{c.task} {c.model} L={c.length} seed={c.seed}: {record.status} score={score} "
+        f"{_cell_name(c, record.hpset)}: {record.status} score={score} "
         f"steps={record.steps} params={record.params_actual} {record.wall_time_s:.1f}s"
         + (f" [{record.error}]" if record.error else "")
     )
@@ -93,32 +107,114 @@ def cmd_sweep(args) -> int:
     if (args.preset is None) == (args.config is None):
         raise ConfigError("sweep: give exactly one of --preset (" + ", ".join(PRESETS) + ") or --config FILE")
     spec = preset(args.preset) if args.preset else spec_from_file(args.config)
-    _check_device(spec.device)
     workers = args.workers or default_workers(spec.device)
-    threads = args.threads or (1 if workers > 1 else torch.get_num_threads())
-    console.print(
-        f"sweep {spec.name}: {len(spec.cells())} cells -> {Path(args.out) / spec.name} "
-        f"({workers} worker(s) x {threads} thread(s))"
-    )
+    threads = args.threads or (1 if workers > 1 or args.executor != "local" else
+                               torch.get_num_threads())
+    require(args.address is None or args.executor == "ray", "--address",
+            "only with --executor ray")
+    if args.dry_run:  # planning needs no GPU here
+        return _dry_run(spec, args.out, workers if args.executor == "local" else None)
+    if args.executor == "local":
+        _check_device(spec.device)  # a Ray cluster's GPUs need not be visible here
+    executor = make_executor(args.executor, workers=workers, threads=threads,
+                             address=args.address, max_in_flight=args.workers or None)
+    how = (f"{workers} worker(s) x {threads} thread(s)" if args.executor == "local" else
+           f"ray {args.address or '(local instance)'}, {threads} thread(s) per cell")
+    console.print(f"sweep {spec.name}: {len(spec.cells())} cells -> {Path(args.out) / spec.name} "
+                  f"({how})")
     if console.is_terminal:
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=console) as progress:
-            bar = progress.add_task("running", total=None)
-
-            def on_cell(record, i, n):
-                progress.update(bar, completed=i, total=n, description=f"done: {_describe(record)}")
-
-            store, statuses = run_sweep(spec, args.out, workers, threads, on_cell, _point_line)
+        plan = plan_sweep(spec, args.out)
+        display = _SweepDisplay(executor, len(plan.todo), len(plan.stored))
+        with Live(display, console=console, refresh_per_second=4):
+            store, statuses = run_sweep(spec, args.out, on_cell=display.on_cell,
+                                        on_point=_point_line, executor=executor)
     else:
         def on_cell(record, i, n):
             print(f"[{i}/{n}] {_describe(record)}", flush=True)
 
-        store, statuses = run_sweep(spec, args.out, workers, threads, on_cell, _point_line)
+        store, statuses = run_sweep(spec, args.out, on_cell=on_cell, on_point=_point_line,
+                                    executor=executor)
     _print_tables(store)
     console.print("cells run now: " + (", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) or "none (all stored)"))
     failed = sum(statuses[s] for s in ("diverged", "oom", "error"))
     return 1 if args.strict and failed else 0
+
+
+def _cell_name(cfg: CellConfig, hpset: str = "") -> str:
+    return (f"{cfg.task} {cfg.model} L={cfg.length} seed={cfg.seed}"
+            + (f" [{set_label(hpset)}]" if hpset else ""))
+
+
+class _SweepDisplay:
+    """The terminal display of a running sweep, redrawn by rich.live: a bar with done/total,
+    elapsed time and ETA; counts per status; the cells in flight (the executor's, at most one per
+    worker) with how long each has run."""
+
+    def __init__(self, executor, total: int, stored: int):
+        self.executor, self.stored = executor, stored
+        self.counts: Counter = Counter()
+        self.last = ""
+        self.progress = Progress(TextColumn("cells"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                 console=console)
+        self.bar = self.progress.add_task("cells", total=total)
+
+    def on_cell(self, record: CellRecord, i: int, n: int) -> None:
+        self.counts[record.status] += 1
+        self.progress.update(self.bar, completed=i, total=n)
+        self.last = _describe(record)
+
+    def __rich__(self):
+        now = time.monotonic()
+        counts = "  ".join(f"{s} {self.counts[s]}" for s in STATUSES)
+        counts += f"  (already stored, skipped: {self.stored})"
+        lines = [self.progress.get_renderable(), Text(counts)]
+        if self.last:
+            lines.append(Text(f"last: {self.last}", overflow="ellipsis", no_wrap=True))
+        for cfg, started in self.executor.running():
+            lines.append(Text(f"running: {_cell_name(cfg)} ({now - started:.0f}s)",
+                              overflow="ellipsis", no_wrap=True))
+        return Group(*lines)
+
+
+def _dry_run(spec, out: str, workers: int | None) -> int:
+    """What `sweep` would run, and an estimate of its cost; writes nothing."""
+    plan = plan_sweep(spec, out)
+    todo = plan.todo
+    console.print(f"sweep {spec.name} (dry run, nothing written): {len(plan.cells)} cells, "
+                  f"{len(plan.stored)} already stored in {plan.root}, {len(todo)} to run")
+    if console.is_terminal:
+        table = Table()
+        for col in ("task", "model", "L", "set", "seed", "state", "tokens", "est. s"):
+            table.add_column(col, justify="left" if col in ("task", "model", "set", "state")
+                             else "right")
+    for name, cfg in plan.cells:
+        state = "stored" if cfg.key() in plan.stored else "to run"
+        seconds = plan.seconds(cfg)
+        est = "?" if seconds is None else f"{seconds:.0f}"
+        if console.is_terminal:
+            table.add_row(cfg.task, cfg.model, str(cfg.length), set_label(name) if name else "",
+                          str(cfg.seed), state, f"{plan.tokens(cfg):,}", est)
+        else:
+            print(f"{_cell_name(cfg, name)}: {state}, {plan.tokens(cfg):,} tokens, ~{est} s")
+    if console.is_terminal:
+        console.print(table)
+    tokens = sum(plan.tokens(c) for _, c in todo)
+    console.print(f"remaining: {len(todo)} cells, {tokens:,} training tokens at the full step "
+                  "budget (steps x batch x sequence length; solved cells stop early)")
+    known = [(c, plan.seconds(c)) for _, c in todo if plan.seconds(c) is not None]
+    if plan.rates:
+        rates = ", ".join(f"{m} {r:,.0f}" for m, r in sorted(plan.rates.items()))
+        total = sum(s for _, s in known)
+        wall = f", about {total / workers:,.0f} s on {workers} worker(s)" if workers else ""
+        console.print(f"estimate from stored tokens/s per model ({rates}): {total:,.0f} s of "
+                      f"training for {len(known)} of {len(todo)} cells{wall}")
+        missing = sorted({c.model for _, c in todo} - set(plan.rates))
+        if missing:
+            console.print(f"no stored rate for: {', '.join(missing)}")
+    elif todo:
+        console.print("no seconds estimate: no stored record of this sweep has a measured rate")
+    return 0
 
 
 def _print_tables(store: Store) -> None:
@@ -127,7 +223,7 @@ def _print_tables(store: Store) -> None:
         measurement_tables(mdf) if not mdf.empty else [])
     for table in rich_tables(tables):
         console.print(table)
-    console.print(f"tables: {store.root / 'summary.md'}")
+    console.print(f"tables: {store.root / 'summary.md'}, {store.root / 'report.html'}")
 
 
 def _list(field: str, text: str, kind=str) -> list:
@@ -235,7 +331,15 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("--config", help="sweep TOML file")
     sweep.add_argument("--out", default="results", help="results root; writes OUT/<sweep name>/")
     sweep.add_argument("--workers", type=int, default=0,
-                       help="parallel cells (default: one per core on CPU, 1 on CUDA)")
+                       help="parallel cells (default: one per core on CPU, one per visible GPU "
+                            "on CUDA; with ray: cells in flight, default the cluster's capacity)")
+    sweep.add_argument("--executor", default="local", choices=EXECUTORS,
+                       help="where cells run: local processes, or Ray tasks (seqbench[ray])")
+    sweep.add_argument("--address", help="with --executor ray: a running cluster ('auto', "
+                                         "'ray://host:10001'); default: a local instance")
+    sweep.add_argument("--dry-run", action="store_true",
+                       help="list the cells, how many are stored and the remaining cost; write "
+                            "nothing")
     sweep.add_argument("--strict", action="store_true", help="exit 1 if any cell failed")
     sweep.set_defaults(fn=cmd_sweep)
 
@@ -263,6 +367,8 @@ def parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="figures (PNG and SVG) from the stored records of a folder")
     plot.add_argument("dir", help="a sweep or measurement folder; figures go to DIR/plots/")
     plot.set_defaults(fn=cmd_plot)
+
+    add_gate_parser(sub)  # seqbench gate: bench/gate.py
     return p
 
 

@@ -42,6 +42,10 @@ class CellRecord:
     # {"distance": [...], "norm": [...]}; "trained" is absent when training diverged
     grad_flow: dict = field(default_factory=dict)
     env: dict = field(default_factory=dict)
+    # name of the sweep's hyper-parameter set ([hpsets.NAME]) that gave this cell its training
+    # settings; "" outside a set. A label, not part of the key: the key already covers the
+    # settings themselves, so records of sweeps without sets keep their keys.
+    hpset: str = ""
     schema: int = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,10 +77,11 @@ class CellRecord:
             "seed": cfg.seed,
             "params_budget": cfg.params,
             "device": cfg.device,
+            "hpset": self.hpset,
             **{f"train.{k}": v for k, v in dataclasses.asdict(cfg.train).items()},
             **{f"hp.{k}": v for k, v in dataclasses.asdict(cfg.hparams).items()},
         }
-        skip = {"key", "config", "history", "grad_flow", "env", "model_info", "schema"}
+        skip = {"key", "config", "history", "grad_flow", "env", "model_info", "schema", "hpset"}
         results = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         info = {f"info.{k}": v for k, v in self.model_info.items()}
         return flat | results | info

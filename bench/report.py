@@ -1,8 +1,13 @@
 """Comparison tables from stored records only (never re-runs training or measurement).
 
 Accuracy, per task: models as rows, lengths as columns, mean headline score over seeds with its
-standard deviation, the best mean per column marked. Cells where some seed failed carry the failure
-counts; cells where every seed failed show the status.
+standard deviation and the best seed ("0.950 ± 0.030 (max 0.980)"), the best mean per column
+marked. Cells where some seed failed carry the failure counts; cells where every seed failed show
+the status. Where a task's records come from more than one hyper-parameter set (sweep `hpsets`),
+each cell shows the set with the best mean over seeds, named in brackets (a choice made on the
+same held-out set the score is measured on, as a tuned baseline would be reported; a tie goes to
+the first set by name), and a second table lists every set. Then one "solve length" table: per task and model, the longest length whose
+mean score (as shown, so over the best set) reaches the task's solve threshold.
 
 Speed and memory, per (device, dtype, batch): training and inference tokens/s and memory with each
 model's ratio to the Transformer in brackets (the LRA convention), best marked; the log-log slope of
@@ -10,7 +15,10 @@ time and memory against length with its R^2; and the achieved fraction of the ma
 """
 from __future__ import annotations
 
+import base64
+import html
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 from rich.console import Group
@@ -51,35 +59,97 @@ def _best(values: dict[tuple[str, str], float], columns: list[str], higher: bool
 
 
 def _score_text(group: pd.DataFrame) -> tuple[str, float | None]:
+    """Mean ± std (max) over the seeds that did not fail, and the failure counts."""
     ok = group[~group["status"].isin(FAILED)]
     failures = group.loc[group["status"].isin(FAILED), "status"].value_counts()
     note = ", ".join(f"{n} {status}" for status, n in failures.items())
     if ok.empty:
         return note, None
     mean = ok["score"].mean()
-    text = f"{mean:.3f}" + (f" ± {ok['score'].std():.3f}" if len(ok) > 1 else "")
-    return text + (f" ({note})" if note else ""), mean
+    if len(ok) > 1:
+        extra = [f"max {ok['score'].max():.3f}"] + ([note] if note else [])
+        return f"{mean:.3f} ± {ok['score'].std():.3f} ({'; '.join(extra)})", mean
+    return f"{mean:.3f}" + (f" ({note})" if note else ""), mean
+
+
+def set_label(name: str) -> str:
+    """A hyper-parameter set's name as shown in tables ("" is the sweep's base settings)."""
+    return name or "base"
+
+
+def _with_sets(df: pd.DataFrame) -> pd.DataFrame:
+    """df with an `hpset` column of strings (records from before sets have none; CSV gives NaN)."""
+    sets = df["hpset"].fillna("").astype(str) if "hpset" in df else ""
+    return df.assign(hpset=sets)
 
 
 def task_tables(df: pd.DataFrame) -> list[PivotTable]:
+    """Per task its accuracy table (and, with several hyper-parameter sets, a table per set);
+    then the solve-length table over every task."""
+    df = _with_sets(df)
     tables = []
+    solved: dict[tuple[str, str], int | None] = {}
+    tested: dict[str, list[int]] = {}
     for task_name, tdf in df.groupby("task", sort=True):
         task = get_task(task_name)
         lengths = sorted(tdf["length"].unique().tolist())
+        tested[task_name] = lengths
         columns = [f"L={n}" for n in lengths]
-        text, means = {}, {}
+        sets = sorted(tdf["hpset"].unique().tolist())
+        text, means, set_text, set_means = {}, {}, {}, {}
         for (model, length), group in tdf.groupby(["model", "length"]):
             cell = (model, f"L={length}")
-            text[cell], mean = _score_text(group)
+            best = None
+            for name, sgroup in group.groupby("hpset", sort=True):
+                cell_text, mean = _score_text(sgroup)
+                row = (f"{model} [{set_label(name)}]", cell[1])
+                set_text[row] = cell_text
+                if mean is not None:
+                    set_means[row] = mean
+                    if best is None or mean > best[1]:
+                        suffix = f" [{set_label(name)}]" if len(sets) > 1 else ""
+                        best = (cell_text + suffix, mean)
+            text[cell], mean = best if best is not None else _score_text(group)
+            solved.setdefault((model, task_name), None)
             if mean is not None:
                 means[cell] = mean
+                if mean >= task.solve_threshold:
+                    solved[(model, task_name)] = max(solved[(model, task_name)] or 0, length)
+        seeds = f"mean ± std (max) over {tdf['seed'].nunique()} seed(s)"
+        if len(sets) > 1:
+            seeds += (f", best of {len(sets)} hyper-parameter sets per cell by mean (set in "
+                      "brackets; chosen on the held-out set)")
         caption = (
-            f"{task_name}: {task.score_name}, mean ± std over {tdf['seed'].nunique()} seed(s); "
+            f"{task_name}: {task.score_name}, {seeds}; "
             f"chance {task.chance(lengths[0]):.4g}, solved at >= {task.solve_threshold:g}"
         )
         tables.append(PivotTable(task_name, caption, columns, _models(tdf["model"]), text,
                                  _best(means, columns, higher=True)))
+        if len(sets) > 1:
+            rows = [f"{m} [{set_label(name)}]" for m in _models(tdf["model"]) for name in sets
+                    if any(r[0] == f"{m} [{set_label(name)}]" for r in set_text)]
+            caption = (f"{task_name} by hyper-parameter set: {task.score_name}, mean ± std (max) "
+                       f"over {tdf['seed'].nunique()} seed(s)")
+            tables.append(PivotTable(f"{task_name} by hyper-parameter set", caption, columns, rows,
+                                     set_text, _best(set_means, columns, higher=True)))
+    if tested:
+        tables.append(_solve_table(solved, tested, _models(df["model"])))
     return tables
+
+
+def _solve_table(solved: dict[tuple[str, str], int | None], tested: dict[str, list[int]],
+                 models: list[str]) -> PivotTable:
+    columns = sorted(tested)
+    text = {cell: "—" if n is None else str(n) for cell, n in solved.items()}
+    lengths = {cell: n for cell, n in solved.items() if n is not None}
+    caption = (
+        "solve length: per task, the longest length L whose mean score over seeds (as in the "
+        "task's table: seeds that did not fail, the best hyper-parameter set) reaches the task's "
+        "solve threshold; — where no tested length does; lengths tested: "
+        + "; ".join(f"{t} {', '.join(map(str, tested[t]))}" for t in columns)
+    )
+    return PivotTable("solve length", caption, columns, models, text,
+                      _best(lengths, columns, higher=True))
 
 
 def _si(value: float, unit: str = "") -> str:
@@ -166,7 +236,8 @@ def _streaming_table(df: pd.DataFrame, setting: str) -> PivotTable | None:
                 state = row[f"stream_state_bytes@{p}"]
                 text[(model, col)] = f"{ms:.3g} ms, state {_si(state, 'B')}"
                 values[(model, col)] = ms
-    caption = f"streaming: latency of one token at position t and the state carried; {setting}"
+    caption = ("streaming, one sequence at a time (batch 1): latency of one token at position t "
+               f"and the state carried; models measured at {setting}")
     return PivotTable("streaming", caption, columns, _models(df["model"]), text,
                       _best(values, columns, higher=False))
 
@@ -189,7 +260,8 @@ def measurement_tables(df: pd.DataFrame) -> list[PivotTable]:
 def markdown(tables: list[PivotTable], title: str) -> str:
     lines = [f"# {title}", ""]
     for t in tables:
-        lines += [f"## {t.title}", "", t.caption + ". Best per column in bold.", ""]
+        marked = ". Best per column in bold." if t.best else "."
+        lines += [f"## {t.title}", "", t.caption + marked, ""]
         lines.append("| model | " + " | ".join(t.columns) + " |")
         lines.append("|---|" + "---:|" * len(t.columns))
         for row in t.rows:
@@ -210,11 +282,70 @@ def rich_tables(tables: list[PivotTable]) -> list[Group]:
         table.add_column("model")
         for col in t.columns:
             table.add_column(col, justify="right")
-        for row in t.rows:
-            table.add_row(row, *(
-                f"[bold green]{t.text.get((row, col), '')}[/]" if (row, col) in t.best
-                else t.text.get((row, col), "")
+        for row in t.rows:  # Text, not markup: "[set]" labels must print as they are
+            table.add_row(Text(row), *(
+                Text(t.text.get((row, col), ""),
+                     style="bold green" if (row, col) in t.best else "")
                 for col in t.columns
             ))
         out.append(Group(Text(t.caption, style="bold"), table))
     return out
+
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
+       max-width: 72rem; padding: 0 1rem; color: #1d2125; line-height: 1.45; }
+h1 { font-size: 1.5rem; } h2 { font-size: 1.15rem; margin-top: 2.2rem; }
+p.caption { color: #4a5259; font-size: 0.9rem; margin: 0.3rem 0 0.6rem; }
+table { border-collapse: collapse; font-size: 0.88rem; margin-bottom: 0.5rem; }
+th, td { border-bottom: 1px solid #d8dde2; padding: 0.3rem 0.7rem; }
+th { background: #f2f4f6; text-align: right; } th:first-child, td:first-child { text-align: left; }
+td { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.best { font-weight: 700; color: #0b6b3a; }
+figure { margin: 1.5rem 0; } figure img { max-width: 100%; border: 1px solid #e3e6e9; }
+figcaption { font-size: 0.85rem; color: #4a5259; }
+dl.env { display: grid; grid-template-columns: max-content auto; gap: 0.1rem 1rem;
+         font-size: 0.85rem; } dl.env dt { color: #4a5259; } dl.env dd { margin: 0; }
+code { background: #f2f4f6; padding: 0 0.25rem; }
+"""
+ENV_KEYS = ("seqbench", "git_commit", "torch", "python", "device", "gpu", "cpu", "executor",
+            "workers", "threads")
+
+
+def html_report(tables: list[PivotTable], title: str, figures: list[Path],
+                env: dict | None = None) -> str:
+    """One self-contained HTML page: inline CSS, the tables (best per column in bold), and each
+    PNG figure embedded as base64; no external resources. figures are the PNGs already made by
+    `seqbench plot` (a report never makes figures)."""
+    esc = html.escape
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           '<meta name="viewport" content="width=device-width, initial-scale=1">',
+           f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
+           f"<h1>{esc(title)}</h1>",
+           "<p>Tables and figures from the stored records of this folder only.</p>"]
+    shown = {k: env[k] for k in ENV_KEYS if env and env.get(k) is not None}
+    if shown:
+        out.append('<dl class="env">' + "".join(
+            f"<dt>{esc(k)}</dt><dd>{esc(str(v))}</dd>" for k, v in shown.items()) + "</dl>")
+    for t in tables:
+        out += [f"<h2>{esc(t.title)}</h2>",
+                f'<p class="caption">{esc(t.caption)}. Best per column in bold.</p>',
+                "<table><thead><tr><th>model</th>"
+                + "".join(f"<th>{esc(c)}</th>" for c in t.columns) + "</tr></thead><tbody>"]
+        for row in t.rows:
+            cells = "".join(
+                f'<td{" class=best" if (row, col) in t.best else ""}>'
+                f"{esc(t.text.get((row, col), ''))}</td>" for col in t.columns)
+            out.append(f"<tr><td>{esc(row)}</td>{cells}</tr>")
+        out.append("</tbody></table>")
+    out.append("<h2>figures</h2>")
+    if figures:
+        for path in figures:
+            data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+            out.append(f'<figure><img alt="{esc(path.stem)}" src="data:image/png;base64,{data}">'
+                       f"<figcaption>{esc(path.name)}</figcaption></figure>")
+    else:
+        out.append("<p>No figures yet: run <code>seqbench plot DIR</code>, then "
+                   "<code>seqbench report DIR</code> again to embed them.</p>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"

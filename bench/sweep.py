@@ -1,17 +1,25 @@
-"""Sweeps: a strict TOML grid of tasks x models x lengths x seeds, run cell by cell into a store.
+"""Sweeps: a strict TOML grid of tasks x models x lengths x hyper-parameter sets x seeds, run cell
+by cell into a store by an executor (bench.executors: local processes or Ray).
 
 A cell whose key already has a trustworthy record in the store is not run again, so rerunning an
 interrupted sweep completes only what is missing. All cells are validated before anything runs.
+
+Hyper-parameter sets (`[hpsets.NAME]`, optional) are named overrides of the training settings
+(TrainConfig fields), applied on top of `[train]` and `[task_train.TASK]`; every set is one more
+grid dimension. The settings a set gives are part of each cell's config, so they enter its key
+like any other setting; the set's name is only a label, stored in each record's `hpset` field
+(not hashed), so a sweep without sets keeps exactly the keys it had before sets existed.
 """
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import os
+import re
+import statistics
+import tempfile
 import tomllib
 from collections import Counter
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,14 +29,16 @@ import torch
 
 from bench.config import CellConfig, TrainConfig
 from bench.env import environment
+from bench.executors import Executor, LocalExecutor
 from bench.measure import MeasurePoint, MeasureRecord, matmul_peak, measure
 from bench.record import CellRecord
-from bench.report import markdown, measurement_tables, task_tables
+from bench.report import html_report, markdown, measurement_tables, task_tables
 from bench.store import Store, atomic_write
 from bench.strict import ConfigError, check_choice, coerce, from_mapping, require
-from bench.train import failed, new_record, run_cell
+from tasks import get_task
 
-PRESETS = ("smoke", "quick")
+PRESETS = ("smoke", "quick", "full")
+HPSET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,7 @@ class SweepSpec:
     train: TrainConfig = field(default_factory=TrainConfig)
     task_train: Any = field(default_factory=dict)  # task -> partial train table overriding `train`
     hparams: Any = field(default_factory=dict)  # model -> hyper-parameter table
+    hpsets: Any = field(default_factory=dict)  # set name -> partial train table (a grid axis)
     measure: MeasureSpec | None = None
 
     def validate(self, where: str) -> None:
@@ -75,6 +86,16 @@ class SweepSpec:
                     check_choice(f"{table} key", key, allowed)
             elif table != "lengths":
                 raise ConfigError(f"{table}: expected a table keyed by name")
+        if not isinstance(self.hpsets, dict):
+            raise ConfigError("hpsets: expected a table of named sets, e.g. [hpsets.lr1e-3]")
+        for name, override in self.hpsets.items():
+            require(HPSET_NAME.fullmatch(name) is not None, f"hpsets.{name}",
+                    "a set name uses letters, digits, '.', '-' and '_' only")
+            if not isinstance(override, dict):
+                raise ConfigError(f"hpsets.{name}: expected a table of training settings "
+                                  f"(TrainConfig fields), got {override!r}")
+            require(bool(override), f"hpsets.{name}", "empty set; give at least one training "
+                    "setting (TrainConfig field), e.g. lr = 1e-3")
 
     def lengths_for(self, task: str) -> tuple[int, ...]:
         if isinstance(self.lengths, dict):
@@ -83,25 +104,45 @@ class SweepSpec:
             return coerce(f"lengths.{task}", self.lengths[task], tuple[int, ...])
         return coerce("lengths", self.lengths, tuple[int, ...])
 
-    def cells(self) -> list[CellConfig]:
-        """Every cell of the grid, validated (raises ConfigError before anything runs)."""
-        out = []
-        for task in self.tasks:
-            override = self.task_train.get(task, {})
-            if not isinstance(override, dict):
-                raise ConfigError(f"task_train.{task}: expected a table")
-            train = from_mapping(
-                TrainConfig, dataclasses.asdict(self.train) | override, f"task_train.{task}"
-            )
-            for model in self.models:
-                for length in self.lengths_for(task):
-                    for seed in self.seeds:
-                        out.append(CellConfig(
-                            task=task, model=model, length=length, seed=seed, params=self.params,
-                            device=self.device, train=train, hparams=self.hparams.get(model, {}),
-                        ))
+    def train_sets(self, task: str) -> dict[str, TrainConfig]:
+        """The training settings of task under each hyper-parameter set ("" without sets):
+        [train], then [task_train.TASK], then [hpsets.NAME]. Two sets that give a task the same
+        settings are rejected (they would be the same cells)."""
+        override = self.task_train.get(task, {})
+        if not isinstance(override, dict):
+            raise ConfigError(f"task_train.{task}: expected a table")
+        base = dataclasses.asdict(self.train) | override
+        train = from_mapping(TrainConfig, base, f"task_train.{task}")
+        if not self.hpsets:
+            return {"": train}
+        out: dict[str, TrainConfig] = {}
+        for name, sets in self.hpsets.items():
+            out[name] = from_mapping(TrainConfig, base | sets, f"hpsets.{name}")
+            for other, cfg in out.items():
+                require(other == name or cfg != out[name], f"hpsets.{name}",
+                        f"gives task {task} the same training settings as hpsets.{other}")
         return out
 
+    def labelled_cells(self) -> list[tuple[str, CellConfig]]:
+        """Every cell of the grid with its hyper-parameter set name, validated (raises
+        ConfigError before anything runs). Order: task, model, length, set, seed."""
+        out = []
+        for task in self.tasks:
+            sets = self.train_sets(task)
+            for model in self.models:
+                for length in self.lengths_for(task):
+                    for name, train in sets.items():
+                        for seed in self.seeds:
+                            out.append((name, CellConfig(
+                                task=task, model=model, length=length, seed=seed,
+                                params=self.params, device=self.device, train=train,
+                                hparams=self.hparams.get(model, {}),
+                            )))
+        return out
+
+    def cells(self) -> list[CellConfig]:
+        """Every cell of the grid, validated (raises ConfigError before anything runs)."""
+        return [cfg for _, cfg in self.labelled_cells()]
 
     def points(self) -> list[MeasurePoint]:
         """Every measurement point of the sweep (none without a [measure] table), validated."""
@@ -141,8 +182,33 @@ def spec_from_file(path: str | Path) -> SweepSpec:
     return load_spec(text, str(path))
 
 
+def _atomic_bytes(path: Path, write: Callable[[str], None]) -> None:
+    """Like bench.store.atomic_write, for a writer that takes a file name (parquet)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_parquet(frame, path: Path) -> None:
+    """frame as parquet where pyarrow is importable; silently nothing otherwise."""
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return
+    _atomic_bytes(path, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
 def write_summary(store: Store, title: str, env: dict | None = None) -> str:
-    """Regenerate results.csv, measurements.csv, env.json and summary.md from the stored records.
+    """Regenerate, from the stored records only: results.csv, measurements.csv, env.json,
+    summary.md, report.html (the same tables, plus the figures found in plots/), and
+    results.parquet / measurements.parquet where pyarrow is installed.
 
     env defaults to the environment stored in the first record (reports never re-measure).
     """
@@ -155,37 +221,64 @@ def write_summary(store: Store, title: str, env: dict | None = None) -> str:
         measurement_tables(mdf) if not mdf.empty else [])
     text = markdown(tables, title) if tables else f"# {title}\n\nNo records.\n"
     atomic_write(store.root / "summary.md", text)
+    figures = sorted((store.root / "plots").glob("*.png"))
+    atomic_write(store.root / "report.html", html_report(tables, title, figures, env))
+    if not df.empty:
+        _write_parquet(df, store.root / "results.parquet")
+    if not mdf.empty:
+        _write_parquet(mdf, store.root / "measurements.parquet")
     return text
 
 
 def default_workers(device: str) -> int:
-    """Fill the cores without oversubscription (one thread each); one worker on a GPU."""
-    return 1 if device == "cuda" else max(1, len(os.sched_getaffinity(0)))
+    """Fill the cores without oversubscription (one thread each); on CUDA one worker per
+    visible GPU (bench.executors.LocalExecutor gives each its own)."""
+    if device == "cuda":
+        return max(1, torch.cuda.device_count())
+    return max(1, len(os.sched_getaffinity(0)))
 
 
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
+@dataclass
+class SweepPlan:
+    """What a sweep would do now (seqbench sweep --dry-run); computed without writing anything.
+
+    tokens: the training tokens of a cell at its full step budget, steps x batch_size x seq_len
+    (an upper bound: a cell stops early once solved; evaluation and gradient flow come on top).
+    rates: median measured train_tokens_per_s of this sweep's stored records, per model.
+    """
+
+    spec: SweepSpec
+    root: Path
+    cells: list[tuple[str, CellConfig]]  # (hyper-parameter set, config)
+    stored: set[str]  # keys of the cells already stored
+    rates: dict[str, float]
+
+    @property
+    def todo(self) -> list[tuple[str, CellConfig]]:
+        return [(name, c) for name, c in self.cells if c.key() not in self.stored]
+
+    @staticmethod
+    def tokens(cfg: CellConfig) -> int:
+        return cfg.train.steps * cfg.train.batch_size * get_task(cfg.task).seq_len(cfg.length)
+
+    def seconds(self, cfg: CellConfig) -> float | None:
+        """Estimated training seconds of a cell at its full budget, from its model's rate."""
+        rate = self.rates.get(cfg.model)
+        return self.tokens(cfg) / rate if rate else None
 
 
-def _completed(todo: list[CellConfig], workers: int, threads: int) -> Iterator[CellRecord]:
-    """Records of todo as they finish: in this process, or in a spawn-started process pool."""
-    if workers <= 1:
-        _init_worker(threads)
-        yield from map(run_cell, todo)
-        return
-    ctx = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools and locks
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(threads,)) as pool:
-        futures = {pool.submit(run_cell, cfg): cfg for cfg in todo}
-        try:
-            for future in as_completed(futures):
-                try:
-                    yield future.result()
-                except Exception as exc:  # noqa: BLE001 - a worker died: record it, go on
-                    yield failed(new_record(futures[future]), exc)
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+def plan_sweep(spec: SweepSpec, root: str | Path) -> SweepPlan:
+    """The cells of spec, which are stored under root/<name>/, and measured rates; reads only."""
+    store = Store(Path(root) / spec.name)
+    done = store.load() if store.cells.is_dir() else {}
+    cells = spec.labelled_cells()
+    keys = {c.key() for _, c in cells}
+    by_model: dict[str, list[float]] = {}
+    for record in done.values():
+        if record.key in keys and record.train_tokens_per_s:
+            by_model.setdefault(record.config.model, []).append(record.train_tokens_per_s)
+    rates = {m: statistics.median(v) for m, v in by_model.items()}
+    return SweepPlan(spec, store.root, cells, set(done) & keys, rates)
 
 
 def run_sweep(
@@ -195,21 +288,33 @@ def run_sweep(
     threads: int = 1,
     on_cell: Callable[[CellRecord, int, int], None] | None = None,
     on_point: Callable[[MeasureRecord, int, int], None] | None = None,
+    *,
+    executor: Executor | None = None,
 ) -> tuple[Store, Counter]:
     """Run the missing cells of spec into root/<name>/ and regenerate its tables.
 
-    workers > 1 runs cells in a spawn-started process pool, each worker with `threads` threads.
+    The executor runs the cells (default: LocalExecutor(workers, threads): in this process for one
+    worker, else a spawn-started process pool); this process saves each record (atomically) as
+    soon as it arrives, so an interrupted sweep loses only the cells in flight, and whichever
+    executor ran a cell, its record lands here under the same key. Each record carries the name of
+    its hyper-parameter set; a stored record whose set was renamed in the sweep file is relabelled.
 
-    Each record is saved (atomically) as soon as its cell finishes, so an interrupted sweep loses
-    only the cells in flight. Measurement points not yet stored run afterwards, one at a time in
-    this process with every thread of the pool (timing wants a quiet machine). Returns the store and
-    a count of statuses for the cells run now.
+    Measurement points not yet stored run afterwards, one at a time in this process (timing wants
+    a quiet machine) with executor.measure_threads() threads. Returns the store and a count of
+    statuses for the cells run now.
     """
+    executor = executor or LocalExecutor(workers, threads)
     store = Store(Path(root) / spec.name)
     done = store.load()
+    labels = {cfg.key(): name for name, cfg in spec.labelled_cells()}
+    for key, record in done.items():
+        if key in labels and record.hpset != labels[key]:
+            record.hpset = labels[key]
+            store.save(record)
     todo = [c for c in spec.cells() if c.key() not in done]
     statuses: Counter = Counter()
-    for i, record in enumerate(_completed(todo, min(workers, len(todo)), threads), 1):
+    for i, record in enumerate(executor.run(todo), 1):
+        record.hpset = labels.get(record.key, "")
         store.save(record)
         statuses[record.status] += 1
         if on_cell:
@@ -217,7 +322,7 @@ def run_sweep(
     measured = {m["key"] for m in store.load_measurements()}
     points = [p for p in spec.points() if p.key() not in measured]
     if points:
-        torch.set_num_threads(workers * threads)
+        torch.set_num_threads(executor.measure_threads())
         peak = matmul_peak(spec.device, spec.measure.dtype)
         m = spec.measure
         for i, point in enumerate(points, 1):
@@ -226,6 +331,7 @@ def run_sweep(
             store.save_measurement(record)
             if on_point:
                 on_point(record, i, len(points))
-    env = environment(spec.device) | {"workers": workers, "threads": threads}
+    device = spec.device if spec.device == "cpu" or torch.cuda.is_available() else "cpu"
+    env = environment(device) | executor.describe()
     write_summary(store, f"seqbench sweep `{spec.name}`", env)
     return store, statuses

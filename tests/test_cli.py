@@ -131,7 +131,7 @@ def test_cuda_without_gpu_is_a_config_error(tmp_path, capsys):
 SWEEP_ERRORS = {
     "unknown top-level key": ('colour = "red"\n' + VALID_SWEEP,
                               ["colour: unknown key",
-                               "allowed: device, hparams, lengths, measure, models, name"]),
+                               "allowed: device, hparams, hpsets, lengths, measure, models, name"]),
     "unknown train key": (VALID_SWEEP + "epochs = 3\n",
                           ["train.epochs: unknown key", "allowed: batch_size, clip, eval_every"]),
     "wrong type": (VALID_SWEEP.replace("steps = 2", 'steps = "ten"'),
@@ -170,9 +170,9 @@ def test_sweep_rejects_bad_config(tmp_path, capsys, case):
     ("args", "fragments"),
     [
         (["--config", "MISSING"], ["config: cannot read", "sweep.toml"]),
-        ([], ["give exactly one of --preset (smoke, quick) or --config FILE"]),
+        ([], ["give exactly one of --preset (smoke, quick, full) or --config FILE"]),
         (["--preset", "smoke", "--config", "EXISTING"], ["give exactly one of --preset"]),
-        (["--preset", "huge"], ["preset: unknown value 'huge'", "allowed: quick, smoke"]),
+        (["--preset", "huge"], ["preset: unknown value 'huge'", "allowed: full, quick, smoke"]),
     ],
     ids=["missing config file", "neither", "both", "unknown preset"],
 )

@@ -10,8 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import fake_record
+from conftest import fake_record, make_cell
 
+import bench.executors
 import bench.store
 import bench.sweep
 from bench.cli import main
@@ -65,7 +66,9 @@ def test_smoke_sweep_writes_every_cell_and_table(smoke):
         assert f"## {task}\n" in summary
         assert "| model | " + " | ".join(f"L={n}" for n in spec.lengths_for(task)) + " |" in summary
     for model in spec.models:
-        assert summary.count(f"| {model} | ") == len(spec.tasks)
+        # a row in each task's table and one in the solve-length table
+        assert summary.count(f"| {model} | ") == len(spec.tasks) + 1
+    assert "## solve length\n" in summary
 
 
 def test_worker_records_match_an_in_process_run(smoke):
@@ -83,7 +86,7 @@ def test_rerun_is_a_no_op(smoke_copy, monkeypatch, capsys):
     def must_not_run(cfg):
         raise AssertionError(f"cell re-run: {cfg}")
 
-    monkeypatch.setattr(bench.sweep, "run_cell", must_not_run)
+    monkeypatch.setattr(bench.executors, "run_cell", must_not_run)
     assert rerun_smoke(smoke_copy) == 0
     assert mtimes(smoke_copy) == before
     assert "cells run now: none (all stored)" in capsys.readouterr().out
@@ -96,7 +99,7 @@ def spy_on_run_cell(monkeypatch) -> list:
         calls.append(cfg)
         return run_cell(cfg)
 
-    monkeypatch.setattr(bench.sweep, "run_cell", spy)
+    monkeypatch.setattr(bench.executors, "run_cell", spy)
     return calls
 
 
@@ -162,7 +165,7 @@ def test_interrupted_sweep_keeps_finished_cells(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return run_cell(cfg)
 
-    monkeypatch.setattr(bench.sweep, "run_cell", interrupt_third)
+    monkeypatch.setattr(bench.executors, "run_cell", interrupt_third)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(spec, tmp_path)
     store = Store(tmp_path / "tiny")
@@ -240,7 +243,7 @@ def test_report_marks_the_best_model_per_length_in_bold(tmp_path, capsys):
     header, rows = parse_table(summary, "parity")
     assert header == ["L=2", "L=4"]
     assert list(rows) == ["rnn", "lstm", "gru"]
-    assert rows["rnn"] == ["0.900", "**0.625 ± 0.177**"]
+    assert rows["rnn"] == ["0.900", "**0.625 ± 0.177 (max 0.750)**"]
     assert rows["lstm"] == ["**0.950**", "**0.625**"]
     assert rows["gru"] == ["1 error", "0.250 (1 diverged)"]
     assert parse_table(summary, "adding") == (["L=8"], {"tcn": ["**0.500**"]})
@@ -296,3 +299,168 @@ def test_sweep_measures_its_points_once(tmp_path, monkeypatch):
 def test_measure_table_is_strict(change, message):
     with pytest.raises(bench.sweep.ConfigError, match=re.escape(message)):
         load_spec(MEASURED_SWEEP.replace(*change), "test")
+
+
+def labelled(record: CellRecord, hpset: str) -> CellRecord:
+    """record as if run under hyper-parameter set hpset (its own learning rate, so its own key)."""
+    cfg = record.config
+    record.config = make_cell(cfg.task, cfg.model, cfg.length, seed=cfg.seed,
+                              lr={"fast": 1e-2, "slow": 1e-3}[hpset])
+    record.key, record.hpset = record.config.key(), hpset
+    return record
+
+
+def test_max_over_seeds_and_solve_length_tables_are_exact(tmp_path):
+    store = Store(tmp_path / "exact")
+    for record in [
+        fake_record("parity", "rnn", 2, 1.0), fake_record("parity", "rnn", 2, 1.0, seed=1),
+        fake_record("parity", "rnn", 4, 0.5), fake_record("parity", "rnn", 4, 0.75, seed=1),
+        fake_record("parity", "lstm", 2, 1.0),
+        fake_record("parity", "lstm", 4, 1.0), fake_record("parity", "lstm", 4, None, seed=1,
+                                                           status="error"),
+        fake_record("parity", "gru", 2, 0.25), fake_record("parity", "gru", 2, 0.75, seed=1),
+        fake_record("parity", "gru", 4, 0.999, status="diverged"),  # a failed seed never counts
+        fake_record("parity", "gru", 4, 0.5, seed=1),
+        fake_record("parity", "tcn", 2, 0.5), fake_record("parity", "tcn", 4, 1.0),
+        fake_record("adding", "rnn", 8, 0.96), fake_record("adding", "lstm", 8, 0.5),
+    ]:
+        store.save(record)
+    assert main(["report", str(store.root)]) == 0
+    summary = (store.root / "summary.md").read_text()
+    header, rows = parse_table(summary, "parity")
+    assert header == ["L=2", "L=4"]
+    assert rows == {
+        "rnn": ["**1.000 ± 0.000 (max 1.000)**", "0.625 ± 0.177 (max 0.750)"],
+        "lstm": ["**1.000**", "**1.000 (1 error)**"],
+        "gru": ["0.500 ± 0.354 (max 0.750)", "0.500 (1 diverged)"],
+        "tcn": ["0.500", "**1.000**"],
+    }
+    assert "mean ± std (max) over 2 seed(s)" in summary
+    # the longest length whose mean reaches the threshold, even past an unsolved shorter one
+    header, rows = parse_table(summary, "solve length")
+    assert header == ["adding", "parity"]
+    assert rows == {"rnn": ["**8**", "2"], "lstm": ["—", "**4**"], "gru": ["", "—"],
+                    "tcn": ["", "**4**"]}
+    assert "lengths tested: adding 8; parity 2, 4" in summary
+
+
+def test_reports_show_the_best_hyper_parameter_set_and_every_set(tmp_path):
+    store = Store(tmp_path / "sets")
+    for record in [
+        labelled(fake_record("parity", "rnn", 2, 0.5), "slow"),
+        labelled(fake_record("parity", "rnn", 2, 0.7, seed=1), "slow"),
+        labelled(fake_record("parity", "rnn", 2, 0.9), "fast"),
+        labelled(fake_record("parity", "rnn", 2, 1.0, seed=1), "fast"),
+        labelled(fake_record("parity", "lstm", 2, 0.6), "slow"),
+        labelled(fake_record("parity", "lstm", 2, None, status="oom"), "fast"),
+    ]:
+        store.save(record)
+    summary = bench.sweep.write_summary(store, "sets")
+    _, rows = parse_table(summary, "parity")
+    assert rows == {"rnn": ["**0.950 ± 0.071 (max 1.000) [fast]**"], "lstm": ["0.600 [slow]"]}
+    assert "best of 2 hyper-parameter sets per cell" in summary
+    _, rows = parse_table(summary, "parity by hyper-parameter set")
+    assert rows == {"rnn [fast]": ["**0.950 ± 0.071 (max 1.000)**"],
+                    "rnn [slow]": ["0.600 ± 0.141 (max 0.700)"],
+                    "lstm [fast]": ["1 oom"], "lstm [slow]": ["0.600"]}
+    assert parse_table(summary, "solve length")[1] == {"rnn": ["—"], "lstm": ["—"]}
+    assert set(pd.read_csv(store.root / "results.csv")["hpset"]) == {"slow", "fast"}
+
+
+HPSET_SWEEP = """
+name = "sets"
+tasks = ["parity"]
+models = ["rnn"]
+lengths = [2]
+params = 2000
+[train]
+steps = 2
+eval_every = 2
+eval_samples = 16
+lr = 3e-3
+[hpsets.fast]
+lr = 1e-2
+[hpsets.slow]
+lr = 1e-3
+"""
+
+
+def test_hpsets_span_the_grid_and_label_records(tmp_path, monkeypatch):
+    spec = load_spec(HPSET_SWEEP, "test")
+    labelled_cells = spec.labelled_cells()
+    assert [(name, c.train.lr) for name, c in labelled_cells] == [("fast", 1e-2), ("slow", 1e-3)]
+    # a set's settings enter the key like any setting: same key as the same cell without sets
+    plain = load_spec(HPSET_SWEEP.split("[hpsets")[0].replace("lr = 3e-3", "lr = 1e-2"), "test")
+    assert plain.cells()[0].key() == labelled_cells[0][1].key()
+    store, statuses = run_sweep(spec, tmp_path)
+    assert sum(statuses.values()) == 2
+    assert {r.hpset for r in store.load().values()} == {"fast", "slow"}
+    assert set(pd.read_csv(store.root / "results.csv")["hpset"]) == {"fast", "slow"}
+    # renaming a set runs nothing again and relabels the stored records
+    calls = spy_on_run_cell(monkeypatch)
+    run_sweep(load_spec(HPSET_SWEEP.replace("hpsets.fast", "hpsets.quick"), "test"), tmp_path)
+    assert calls == []
+    assert {r.hpset for r in store.load().values()} == {"quick", "slow"}
+
+
+def test_sweeps_without_hpsets_keep_their_keys():
+    """The committed quick results stay valid: the same keys as before sets existed."""
+    stored = {p.name.rsplit("_", 1)[1].removesuffix(".json")
+              for p in (Path(__file__).parent.parent / "results" / "quick" / "cells").glob("*.json")}
+    assert stored == {c.key() for c in preset("quick").cells()}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("lr = 1e-2", "lrr = 1e-2"), "hpsets.fast.lrr: unknown key; allowed: batch_size, clip"),
+        (("[hpsets.fast]\nlr = 1e-2", "[hpsets.fast]"), "hpsets.fast: empty set"),
+        (("lr = 1e-2", "lr = -1.0"), "hpsets.fast.lr: must be > 0"),
+        (("lr = 1e-2", 'lr = "fast"'), "hpsets.fast.lr: expected float, got str 'fast'"),
+        (("lr = 1e-2", "lr = 1e-3"),
+         "hpsets.slow: gives task parity the same training settings as hpsets.fast"),
+        (("[hpsets.fast]\nlr = 1e-2", "[hpsets]\nfast = 3"), "hpsets.fast: expected a table"),
+        (("[hpsets.slow]", "[hpsets.'a b']"), "hpsets.a b: a set name uses letters"),
+    ],
+    ids=["unknown key", "empty set", "bad value", "wrong type", "duplicate", "not a table",
+         "bad name"],
+)
+def test_hpsets_are_strict(tmp_path, capsys, change, message):
+    config = tmp_path / "sets.toml"
+    config.write_text(HPSET_SWEEP.replace(*change))
+    out = tmp_path / "out"
+    assert main(["sweep", "--config", str(config), "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+DRY_SWEEP = HPSET_SWEEP.replace('name = "sets"', 'name = "dry"').replace(
+    "params = 2000", "params = 2000\nseeds = [0, 1]")
+
+
+def tree(folder: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def test_dry_run_writes_nothing_and_counts_stored_cells(tmp_path, capsys):
+    config = tmp_path / "dry.toml"
+    config.write_text(DRY_SWEEP)
+    out = tmp_path / "out"
+    assert main(["sweep", "--config", str(config), "--out", str(out), "--dry-run"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "4 cells, 0 already stored" in text and "4 to run" in text
+    assert "parity rnn L=2 seed=1 [slow]: to run, 128 tokens" in text  # 2 steps x 32 x 2
+    assert "remaining: 4 cells, 512 training tokens" in text
+    assert "no seconds estimate" in text
+    assert not out.exists()
+    # store two of the four cells (seed 0 of each set), then ask again
+    run_sweep(load_spec(DRY_SWEEP.replace("seeds = [0, 1]", "seeds = [0]"), "test"), out)
+    before = tree(out)
+    assert main(["sweep", "--config", str(config), "--out", str(out), "--dry-run"]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # rich wraps long lines off a terminal
+    assert "4 cells, 2 already stored" in text and "2 to run" in text
+    assert "parity rnn L=2 seed=0 [fast]: stored" in text
+    assert "remaining: 2 cells, 256 training tokens" in text
+    assert re.search(r"estimate from stored tokens/s per model \(rnn [\d,]+\): [\d,]+ s of "
+                     r"training for 2 of 2 cells", text)
+    assert tree(out) == before
