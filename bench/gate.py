@@ -715,13 +715,16 @@ class PerfChild:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", child_source(), json.dumps(cfg)], cwd=self.workdir.name,
             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+
+    def ready(self) -> None:
+        """Wait for the child's greeting (children start in parallel) and check its code."""
         hello = self._read()
         self.bench_file = hello["bench_file"]
         self.torch = hello["torch"]
         if not Path(self.bench_file).resolve().is_relative_to(self.tree):
-            self.close()
-            raise ConfigError(f"{name} code: the child imported bench from {self.bench_file}, "
-                              f"not from {self.tree} (PYTHONPATH did not take effect)")
+            raise ConfigError(f"{self.name} code: the child imported bench from "
+                              f"{self.bench_file}, not from {self.tree} (PYTHONPATH did not take "
+                              "effect)")
 
     def _read(self) -> dict:
         while line := self.proc.stdout.readline():
@@ -909,6 +912,8 @@ def run_children(specs: list[tuple[str, Path, dict]], settings: PerfSettings,
         for name, tree, slow in specs:
             children.append(PerfChild(name, tree, points, threads=settings.threads,
                                       device=settings.device, slowdown=slow))
+        for child in children:
+            child.ready()
         return measure_sides(children, settings, _progress if console.is_terminal else None,
                              bracket)
     finally:
