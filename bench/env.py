@@ -1,4 +1,5 @@
-"""The environment a figure was measured in, stored beside every record."""
+"""The environment a figure was measured in, stored beside every record. Torch is imported only
+when an environment is taken (the git helpers here serve torch-free commands too)."""
 from __future__ import annotations
 
 import os
@@ -7,21 +8,30 @@ import subprocess
 from functools import cache
 from pathlib import Path
 
-import torch
+import seqbench
 
-import bench
+CODE = Path(seqbench.__file__).resolve().parent  # the folder the running package comes from
+
+
+def output(*argv: str, cwd: Path = CODE, timeout: float = 30) -> str | None:
+    """What a command prints (stripped), or None where it is missing or fails."""
+    try:
+        out = subprocess.run(argv, check=False, cwd=cwd, capture_output=True, text=True,
+                             timeout=timeout)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git(root: Path, *argv: str) -> str | None:
+    """`git -C root ARGV...` output, or None outside a checkout (or without git)."""
+    return output("git", "-C", str(root), *argv)
 
 
 def _command(*argv: str) -> str | None:
-    """First line a command prints, or None where it is missing or fails."""
-    try:
-        out = subprocess.run(
-            argv, check=False, cwd=Path(bench.__file__).resolve().parent,
-            capture_output=True, text=True, timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    """First line a command prints, or None where it is missing, fails or prints nothing."""
+    out = output(*argv, timeout=5)
+    return out.splitlines()[0] if out else None
 
 
 @cache
@@ -47,8 +57,10 @@ def _cpu_model() -> str:
 
 def environment(device: str) -> dict:
     """Versions, hardware and the flags that change numerics or speed."""
+    import torch
+
     env = {
-        "seqbench": bench.__version__,
+        "seqbench": seqbench.__version__,
         "git_commit": _git_commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -6,6 +6,8 @@ allowed; nothing is ever silently dropped or coerced beyond int -> float.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import types
 import typing
 from collections.abc import Mapping
@@ -88,10 +90,21 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
     return obj
 
 
-def added(default: Any) -> Any:
-    """A dataclass field introduced after records were stored: key_payload() leaves it out while
-    it holds this default, so every earlier key stays valid; set to anything else, it enters."""
-    return dataclasses.field(default=default, metadata={"added": True})
+def setting(default: Any, help: str, *, choices: typing.Iterable[str] | None = None,
+            added: bool = False) -> Any:
+    """A config field with its one default and its help text (the CLI's options and the JSON
+    schema are derived from these); choices: the allowed values of a string field. added: a field
+    introduced after records were stored: key_payload() leaves it out while it holds this default,
+    so every earlier key stays valid; set to anything else, it enters."""
+    metadata = {"help": help, "added": added}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def added(default: Any, help: str = "") -> Any:
+    """setting(default, help, added=True): a field introduced after records were stored."""
+    return setting(default, help, added=True)
 
 
 def key_payload(obj: Any) -> Any:
@@ -108,6 +121,13 @@ def key_payload(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: key_payload(v) for k, v in obj.items()}
     return obj
+
+
+def stable_key(payload: Any) -> str:
+    """16 hex digits of the SHA-256 of payload's canonical JSON (sorted keys, no spaces): the key
+    of a cell or measured point, computable from the stored payload alone (torch-free)."""
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def require(condition: bool, field: str, message: str) -> None:

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import torch
 
-from bench.strict import require
-from tasks.base import Batch, IOSpec, Task, scored_tail
+from seqbench.strict import require
+from seqbench.tasks.base import Batch, IOSpec, Task, scored_tail
 
 N_KEYS = 128
 N_VALUES = 64

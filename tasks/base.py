@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from bench.strict import ConfigError, require
+from seqbench.strict import ConfigError, require
 
 
 @dataclass(frozen=True)

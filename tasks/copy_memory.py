@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from tasks.base import Batch, IOSpec, Task, scored_tail
+from seqbench.tasks.base import Batch, IOSpec, Task, scored_tail
 
 N_SYMBOLS = 10
 DELIMITER = 9

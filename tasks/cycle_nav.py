@@ -30,7 +30,7 @@ import math
 
 import torch
 
-from tasks.base import Batch, IOSpec, Task
+from seqbench.tasks.base import Batch, IOSpec, Task
 
 CYCLE = 5
 PHI_1 = (1 + math.sqrt(5)) / 6

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from tasks.base import Batch, IOSpec, Task, scored_tail
+from seqbench.tasks.base import Batch, IOSpec, Task, scored_tail
 
 N_SYMBOLS = 8
 

@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import torch
 
-from bench.strict import require
-from tasks.base import Batch, IOSpec, Task
+from seqbench.strict import require
+from seqbench.tasks.base import Batch, IOSpec, Task
 
 OPEN = (0, 2)  # "(" and "["; the closing bracket of kind k is token 2k + 1
 

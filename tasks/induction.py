@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from tasks.base import Batch, IOSpec, Task
+from seqbench.tasks.base import Batch, IOSpec, Task
 
 VOCAB = 16
 TRIGGER = VOCAB - 1

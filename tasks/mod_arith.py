@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import torch
 
-from tasks.base import Batch, IOSpec, Task
+from seqbench.tasks.base import Batch, IOSpec, Task
 
 MODULUS = 5
 PLUS, MINUS, TIMES = 5, 6, 7  # operator tokens (operator ids 0, 1, 2 plus MODULUS)

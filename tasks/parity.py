@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from tasks.base import Batch, IOSpec, Task
+from seqbench.tasks.base import Batch, IOSpec, Task
 
 
 class Parity(Task):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from tasks.base import Batch, IOSpec, Task, scored_tail
+from seqbench.tasks.base import Batch, IOSpec, Task, scored_tail
 
 OUTPUT_EMPTY = 2
 

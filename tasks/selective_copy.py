@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from tasks.base import Batch, IOSpec, Task, scored_tail
+from seqbench.tasks.base import Batch, IOSpec, Task, scored_tail
 
 N_DATA = 16  # K, data tokens to copy
 NOISE = 0

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from tasks.base import Batch, IOSpec, Task
+from seqbench.tasks.base import Batch, IOSpec, Task
 
 N_DISTRACTORS = 4  # a, b, c, d = 0..3
 X, Y, E, B = 4, 5, 6, 7

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import torch
 
-from bench.config import CellConfig
-from bench.record import CellRecord
-from tasks import TASKS, Batch, Task, get_task
+from seqbench.cell.config import CellConfig
+from seqbench.cell.record import CellRecord
+from seqbench.tasks import TASKS, Batch, Task, get_task
 
 torch.set_num_threads(1)
 
@@ -54,8 +54,11 @@ def fake_record(task: str, model: str, length: int, score: float | None, *, seed
     """A stored-looking record with a chosen score, for report and store tests (no training)."""
     cfg = make_cell(task, model, length, seed=seed)
     t = get_task(task)
+    payload = cfg.payload()
     return CellRecord(
-        key=cfg.key(), config=cfg, task_version=t.version, status=status,
+        key=cfg.key(), config=cfg.to_dict(), key_payload=payload,
+        task_version=payload["task_version"], model_version=payload["model_version"],
+        status=status,
         seq_len=t.seq_len(length), params_actual=TINY_PARAMS, steps=cfg.train.steps,
         score=score, score_name=t.score_name, chance=t.chance(length),
         solve_threshold=t.solve_threshold, solved=status == "solved", env={"device": "cpu"},
@@ -70,8 +73,8 @@ def task(request) -> Task:
 
 def spy_on_run_cell(monkeypatch) -> list[CellConfig]:
     """Record the config of every cell the executors run (still running it)."""
-    import bench.executors
-    from bench.train import run_cell
+    import seqbench.sweeps.executors
+    from seqbench.cell.train import run_cell
 
     calls = []
 
@@ -79,13 +82,13 @@ def spy_on_run_cell(monkeypatch) -> list[CellConfig]:
         calls.append(cfg)
         return run_cell(cfg)
 
-    monkeypatch.setattr(bench.executors, "run_cell", spy)
+    monkeypatch.setattr(seqbench.sweeps.executors, "run_cell", spy)
     return calls
 
 
 def expect_rejected(capsys, argv: list[str], *fragments: str) -> str:
     """`seqbench` main(argv) exits 2 with one error line on stderr holding every fragment."""
-    from bench.cli import main
+    from seqbench.cli import main
 
     assert main(argv) == 2
     captured = capsys.readouterr()

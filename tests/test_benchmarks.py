@@ -13,11 +13,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.measure import Harness, MeasurePoint
-from bench.memory import saved_bytes
-from bench.models import FAMILIES
-from bench.strict import ConfigError
-from tasks import TASKS, get_task
+from seqbench.measure.memory import saved_bytes
+from seqbench.measure.point import Harness, MeasurePoint
+from seqbench.models import FAMILIES
+from seqbench.strict import ConfigError
+from seqbench.tasks import TASKS, get_task
 
 pytestmark = pytest.mark.benchmark
 
@@ -28,7 +28,7 @@ PARAMS = 20_000
 
 def harness(model: str, length: int) -> Harness:
     h = Harness(MeasurePoint(model=model, length=length, batch_size=BATCH, params=PARAMS))
-    h.train_step()  # optimiser state exists from here on, as in bench.measure
+    h.train_step()  # optimiser state exists from here on, as in seqbench.measure.point
     return h
 
 

@@ -10,15 +10,16 @@ import pytest
 import torch
 from conftest import expect_rejected
 
-from bench.cli import main
-from bench.models import FAMILIES
-from bench.record import CellRecord
-from tasks import TASKS
+from seqbench.cell.config import CellConfig
+from seqbench.cell.record import CellRecord
+from seqbench.cli import main
+from seqbench.models import FAMILIES
+from seqbench.tasks import TASKS
 
 MODELS = ", ".join(sorted(FAMILIES))  # the allowed models, as error messages list them
 TASK_NAMES = ", ".join(sorted(TASKS))
-TINY_RUN = ["--params", "2000", "--steps", "3", "--batch-size", "8",
-            "--train", "eval_every=3", "--train", "eval_samples=16"]
+TINY_RUN = ["--params", "2000", "--steps", "3", "--batch-size", "8", "--eval-every", "3",
+            "--eval-samples", "16"]
 
 VALID_SWEEP = """\
 name = "tiny"
@@ -49,7 +50,7 @@ def test_run_writes_one_record(tmp_path, capsys):
     files = list((out / "cells").iterdir())
     assert len(files) == 1
     record = CellRecord.from_dict(json.loads(files[0].read_text()))
-    cfg = record.config
+    cfg = CellConfig.from_dict(record.config)
     assert (cfg.task, cfg.model, cfg.length, cfg.seed, cfg.params) == ("copy", "gru", 3, 2, 2000)
     assert cfg.hparams.layers == 2 and cfg.train.steps == 3 and cfg.train.eval_samples == 16
     assert files[0].name == f"copy_gru_L3_s2_{record.key}.json"
@@ -82,9 +83,8 @@ RUN_ERRORS = {
                       ["hparams.layers: expected int, got str 'two'"]),
     "hp not key=value": (["--task", "copy", "--model", "rnn", "--length", "4", "--hp", "layers"],
                          ["--hp: expected KEY=VALUE"]),
-    "unknown train key": (["--task", "copy", "--model", "rnn", "--length", "4",
-                           "--train", "epochs=3"],
-                          ["train.epochs: unknown key", "allowed: batch_size, clip, eval_every"]),
+    "unknown training option": (["--task", "copy", "--model", "rnn", "--length", "4",
+                                 "--epochs", "3"], ["unrecognized arguments: --epochs 3"]),
     "bad params": (["--task", "copy", "--model", "rnn", "--length", "4", "--params", "lots"],
                    ["params: expected an integer such as 20000"]),
     "unknown device": (["--task", "copy", "--model", "rnn", "--length", "4", "--device", "tpu"],
@@ -102,7 +102,7 @@ def test_run_rejects_bad_input(tmp_path, capsys, case):
 
 def test_bad_thread_count_is_rejected(tmp_path, capsys):
     out = tmp_path / "out"
-    expect_rejected(capsys, ["--threads", "0", "run", "--task", "copy", "--model", "rnn",
+    expect_rejected(capsys, ["run", "--threads", "0", "--task", "copy", "--model", "rnn",
                              "--length", "2", "--out", str(out)], "--threads: must be >= 1")
     assert not out.exists()
 
@@ -178,7 +178,8 @@ def test_sweep_rejects_bad_arguments(tmp_path, capsys, args, fragments):
 
 
 def test_report_needs_a_records_folder(tmp_path, capsys):
-    expect_rejected(capsys, ["report", str(tmp_path / "nothing")], "holds no cells/ or measurements/ folder")
+    expect_rejected(capsys, ["report", str(tmp_path / "nothing")], "report: ",
+                    "holds no stored records")
 
 
 def test_console_script_exit_code(tmp_path):

@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import bench.executors
-from bench.cli import main
-from bench.executors import LocalExecutor, RayExecutor, _init_worker, visible_gpus
-from bench.store import Store
-from bench.strict import ConfigError
-from bench.sweep import load_spec, run_sweep
+import seqbench.sweeps.executors
+from seqbench.cli import main
+from seqbench.results.store import Store
+from seqbench.strict import ConfigError
+from seqbench.sweeps.driver import run_sweep
+from seqbench.sweeps.executors import LocalExecutor, RayExecutor, _init_worker, visible_gpus
+from seqbench.sweeps.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,7 +103,7 @@ def test_sigkilled_sweep_resumes_losing_nothing(tmp_path):
     config.write_text(KILLABLE)
     out = tmp_path / "killed"
     cells = out / "tiny" / "cells"
-    argv = [sys.executable, "-m", "bench.cli", "--threads", "1", "sweep", "--config",
+    argv = [sys.executable, "-m", "seqbench.cli", "sweep", "--threads", "1", "--config",
             str(config), "--out", str(out), "--workers", "1"]
     env = os.environ | {"PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
@@ -187,7 +188,7 @@ def test_a_cell_that_kills_its_worker_gets_an_error_record(monkeypatch):
             cfg = pending.popleft()
             if cfg is bad:
                 return [bad]
-            yield bench.executors.new_record(cfg)
+            yield seqbench.sweeps.executors.new_record(cfg)
         return []
 
     monkeypatch.setattr(LocalExecutor, "_pool", fake_pool)

@@ -1,6 +1,5 @@
-"""The regression gate (bench/gate.py): accuracy against stored cells, the perf comparator and its
-statistics, real measurements of the same code and of an injected slowdown, and A/B against a git
-ref whose code really runs.
+"""The accuracy gate (seqbench.gate.accuracy) and baseline updates (seqbench.gate.baseline):
+cells matched by key against the committed smoke baseline.
 
 Accuracy drops are injected by editing the scores of copied records (the training code has no
 corruption hook; a record's key covers its config, not its results, so an edited record still
@@ -8,196 +7,20 @@ loads as trustworthy).
 """
 from __future__ import annotations
 
-import itertools
 import json
-import math
 import shutil
-import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import fake_record, make_cell
+from conftest import fake_record
 
-import bench.gate as gate_module
-from bench.cli import main
-from bench.gate import (
-    PERF_SCHEMA,
-    cell_key,
-    compare_perf,
-    load_cells,
-    mann_whitney,
-    parse_tolerances,
-    ratio_interval,
-    slowdown,
-)
-from bench.store import Store
-from bench.strict import ConfigError
+from seqbench.cli import main
+from seqbench.gate.accuracy import load_run, parse_tolerances
+from seqbench.results.store import Store
+from seqbench.strict import ConfigError, stable_key
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE = ROOT / "results" / "baseline"
-
-
-# ------------------------------------------------------------------------------------------
-# Mann-Whitney U and the ratio interval
-
-
-def test_mann_whitney_hand_computed_exact():
-    # x above every y: U = 3 * 3 = 9; only 1 of the C(6, 3) = 20 orderings reaches it
-    assert mann_whitney([4, 5, 6], [1, 2, 3]) == (9.0, pytest.approx(1 / 20))
-    assert mann_whitney([1, 2, 3], [4, 5, 6]) == (0.0, 1.0)
-    # x = {3, 5}, y = {1, 2, 4}: 3 beats 1, 2 and 5 beats all three -> U = 5; of the
-    # C(5, 2) = 10 orderings U = 6 (x on top) and U = 5 (x = 1st and 3rd) -> p = 2/10
-    assert mann_whitney([3, 5], [1, 2, 4]) == (5.0, pytest.approx(0.2))
-
-
-def test_mann_whitney_hand_computed_ties_normal_approximation():
-    # x = 2 3 3 4, y = 1 2 2 3: U = (1 + .5 + .5) + 2 * (3 + .5) + 4 = 13, mean 8;
-    # ties: three 2s and three 3s -> sum(t^3 - t) = 48; N = 8;
-    # var = 16/12 * (9 - 48/56) = 10.857...; z = (13 - 8 - 0.5) / sqrt(var) = 1.3657
-    u, p = mann_whitney([2, 3, 3, 4], [1, 2, 2, 3])
-    assert u == 13.0
-    var = 16 / 12 * (9 - 48 / 56)
-    assert p == pytest.approx(0.5 * math.erfc(4.5 / math.sqrt(var) / math.sqrt(2)))
-    assert p == pytest.approx(0.0860, abs=1e-4)
-
-
-def test_mann_whitney_large_samples_without_ties():
-    # n = m = 21 (beyond the exact range): every x above every y, U = 441, mean 220.5,
-    # var = 441 * 43 / 12 = 1580.25, z = (441 - 220.5 - 0.5) / sqrt(var) = 5.534
-    u, p = mann_whitney([100 + i for i in range(21)], list(range(21)))
-    assert u == 441.0
-    assert p == pytest.approx(0.5 * math.erfc(220 / math.sqrt(1580.25) / math.sqrt(2)))
-    assert mann_whitney([1.0] * 30, [1.0] * 30)[1] == 1.0  # all equal: no evidence
-
-
-def test_mann_whitney_exact_matches_enumeration():
-    x, y = [0.3, 1.7, 2.2], [0.1, 0.9, 1.1, 2.0]
-    pooled = sorted(x + y)
-    u_obs = mann_whitney(x, y)[0]
-    us = [sum(a > b for a in xs for b in pooled if b not in xs)
-          for xs in itertools.combinations(pooled, 3)]
-    assert mann_whitney(x, y)[1] == pytest.approx(sum(u >= u_obs for u in us) / len(us))
-
-
-def test_ratio_interval_brackets_the_ratio_and_is_reproducible():
-    base, cur = [1.0, 1.1, 0.9, 1.05, 0.95] * 3, [2.0, 2.2, 1.8, 2.1, 1.9] * 3
-    lo, hi = ratio_interval(base, cur)
-    assert lo <= 2.0 <= hi and (lo, hi) == ratio_interval(base, cur)
-
-
-# ------------------------------------------------------------------------------------------
-# the perf comparator on a seeded synthetic noise model
-
-
-def lognormal(rng, median: float, n: int = 15) -> list[float]:
-    """Per-block samples with 5-10% multiplicative jitter (lognormal)."""
-    return list(median * np.exp(rng.normal(0.0, rng.uniform(0.05, 0.10), n)))
-
-
-def test_slowdown_on_synthetic_noise():
-    rng = np.random.default_rng(0)
-    flagged = {1.0: 0, 1.05: 0, 1.5: 0}
-    trials = 100
-    for _ in range(trials):
-        for factor in flagged:
-            base, cur = lognormal(rng, 3e-3), lognormal(rng, 3e-3 * factor)
-            flagged[factor] += slowdown(base, cur).regression
-    assert flagged == {1.0: 0, 1.05: 0, 1.5: trials}
-
-
-def test_slowdown_needs_ratio_and_evidence():
-    # a 3x median with p > 0.05: too few samples to tell
-    base, cur = [1.0, 1.0, 1.0, 3.0, 3.0], [1.0, 1.0, 3.0, 3.0, 3.0]
-    s = slowdown(base, cur)
-    assert s.ratio == 3.0 and s.p > 0.05 and not s.regression
-    # certain but small: 10% slower every time
-    s = slowdown([1.0 + i / 1000 for i in range(15)], [1.1 + i / 1000 for i in range(15)])
-    assert s.p < 1e-4 and not s.regression
-    assert slowdown([1.0 + i / 1000 for i in range(15)], [1.3 + i / 1000 for i in range(15)]
-                    ).regression
-
-
-def fake_perf(samples: dict[str, list[float]], *, normaliser: float = 1.0,
-              saved: dict[str, int] | None = None, status: dict[str, str] | None = None) -> dict:
-    """A perf.json payload with one point per model (L=16)."""
-    points = []
-    for model, s in samples.items():
-        st = (status or {}).get(model, "ok")
-        points.append({
-            "key": f"k-{model}", "status": st, "error": None if st == "ok" else "Boom",
-            "point": {"model": model, "length": 16, "batch_size": 16},
-            "train_samples_s": s, "norm_samples": [v / normaliser for v in s],
-            "saved_bytes": (saved or {}).get(model, 1000),
-        })
-    return {"schema": PERF_SCHEMA, "kind": "seqbench-perf", "points": points,
-            "calibration": {"matmul_s": 1e-3 * normaliser, "lstm_step_s": 2e-3 * normaliser}}
-
-
-def test_perf_comparator_same_noise_passes_and_slowdown_is_named():
-    rng = np.random.default_rng(1)
-    models = ("rnn", "lstm", "gru", "tcn", "transformer")
-    base = fake_perf({m: lognormal(rng, 2e-3) for m in models})
-    same = fake_perf({m: lognormal(rng, 2e-3) for m in models})
-    diffs, _ = compare_perf(base, same)
-    assert [d.verdict for d in diffs if d.regression] == []
-    slow = fake_perf({m: lognormal(rng, 2e-3 * (1.5 if m == "lstm" else 1.05)) for m in models})
-    diffs, _ = compare_perf(base, slow)
-    assert [d.name for d in diffs if d.regression] == ["lstm L=16 B=16"]
-
-
-def test_perf_comparator_normalises_a_slower_machine():
-    rng = np.random.default_rng(2)
-    base = fake_perf({"lstm": lognormal(rng, 2e-3)})
-    slower_machine = fake_perf({"lstm": lognormal(rng, 4e-3)}, normaliser=2.0)
-    diffs, factor = compare_perf(base, slower_machine)
-    assert factor == pytest.approx(2.0) and not diffs[0].regression
-    assert compare_perf(base, slower_machine, normalise=False)[0][0].regression
-
-
-def test_perf_memory_gate_is_tight():
-    s = [1e-3] * 10
-    base = fake_perf({"lstm": s}, saved={"lstm": 100_000})
-    assert not compare_perf(base, fake_perf({"lstm": s}, saved={"lstm": 104_000}))[0][0].regression
-    (d,), _ = compare_perf(base, fake_perf({"lstm": s}, saved={"lstm": 106_000}))
-    assert d.regression and "saved_bytes 100000 -> 106000" in d.reasons[0]
-
-
-def test_perf_missing_new_failed_and_incomparable_points():
-    s = [1e-3] * 10
-    base = fake_perf({"lstm": s, "gru": s})
-    diffs, _ = compare_perf(base, fake_perf({"lstm": s, "tcn": s}))
-    assert {d.name.split()[0]: d.verdict for d in diffs} == {
-        "gru": "missing", "lstm": "ok", "tcn": "new"}
-    (d, _), _ = compare_perf(base, fake_perf({"lstm": s, "gru": s}, status={"gru": "oom"}))
-    assert d.verdict == "regression" and d.reasons == ["oom: Boom"]
-    with pytest.raises(ConfigError, match="no measured point in common"):
-        compare_perf(base, fake_perf({"tcn": s}))
-
-
-def test_perf_cli_rejects_unusable_files(tmp_path, capsys):
-    (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "perf.json").write_text("{}")
-    assert main(["gate", "--perf", "--baseline", str(tmp_path / "nothing"),
-                 "--current", str(tmp_path / "a")]) == 2
-    assert "--baseline: cannot read" in capsys.readouterr().err
-    assert main(["gate", "--perf", "--baseline", str(tmp_path / "a"),
-                 "--current", str(tmp_path / "a")]) == 2
-    assert "is not a seqbench perf.json" in capsys.readouterr().err
-
-
-def test_perf_stored_mode_writes_markdown(tmp_path, capsys):
-    rng = np.random.default_rng(3)
-    for name, factor in (("base", 1.0), ("cur", 1.5)):
-        (tmp_path / name).mkdir()
-        data = fake_perf({"lstm": lognormal(rng, 2e-3 * factor), "gru": lognormal(rng, 2e-3)})
-        (tmp_path / name / "perf.json").write_text(json.dumps(data))
-    assert main(["gate", "--perf", "--baseline", str(tmp_path / "base"),
-                 "--current", str(tmp_path / "cur")]) == 1
-    md = (tmp_path / "cur" / "gate-perf.md").read_text()
-    assert md.startswith("# seqbench performance gate: FAIL")
-    assert "| **regression** | lstm L=16 B=16 |" in md and "| ok | gru L=16 B=16 |" in md
-    assert "lstm" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------------
@@ -211,13 +34,15 @@ def copy_baseline(tmp_path: Path, name: str = "current") -> Path:
 
 
 def edit_records(folder: Path, model: str, tasks: tuple[str, ...] | None = None,
-                 **changes) -> int:
-    """Change fields of the copied records of one model (of some tasks) in place (the
-    accuracy-drop injection)."""
+                 scores: tuple[float, float] = (0.0, 1.0), **changes) -> int:
+    """Change fields of the copied records of one model (of some tasks, with a score in the
+    range `scores`) in place (the accuracy-drop injection)."""
     n = 0
     for path in (folder / "cells").glob(f"*_{model}_*.json"):
         data = json.loads(path.read_text())
         if tasks is not None and data["config"]["task"] not in tasks:
+            continue
+        if not scores[0] <= data["score"] <= scores[1]:
             continue
         for name, value in changes.items():
             data[name] = value(data[name]) if callable(value) else value
@@ -235,17 +60,17 @@ def gate(capsys, baseline: Path, current: Path, *extra: str) -> tuple[int, str, 
 
 def smoke_cells(model: str | None = None) -> int:
     """How many cells of the smoke preset (of one family) the committed baseline holds."""
-    from bench.sweep import preset
+    from seqbench.sweeps.spec import preset
 
     return sum(model in (None, c.model) for c in preset("smoke").cells())
 
 
 def test_committed_baseline_is_the_smoke_preset():
-    from bench.sweep import preset
+    from seqbench.sweeps.spec import preset
 
-    records, unusable = load_cells(BASELINE, "baseline")
-    assert unusable == []
-    assert set(records) == {c.key() for c in preset("smoke").cells()}
+    run = load_run(BASELINE, "baseline")
+    assert run.impossible == {}
+    assert set(run.records) == {c.key() for c in preset("smoke").cells()}
     meta = json.loads((BASELINE / "baseline.json").read_text())
     assert {"who", "what", "why", "when"} <= set(meta)
 
@@ -262,9 +87,9 @@ def test_identical_runs_pass_exactly(tmp_path, capsys):
 
 def test_accuracy_drop_is_caught_and_named(tmp_path, capsys):
     current = copy_baseline(tmp_path)
-    n = smoke_cells("lstm")
-    assert edit_records(current, "lstm", score=lambda s: s - 0.1, solved=False,
-                        status="budget") == n
+    n = edit_records(current, "lstm", scores=(0.1, 1.0), score=lambda s: s - 0.1,
+                     solved=False, status="budget")
+    assert n >= 10
     code, out, _, md = gate(capsys, BASELINE, current, "--markdown", str(tmp_path / "g.md"))
     assert code == 1
     md = (tmp_path / "g.md").read_text()
@@ -276,7 +101,8 @@ def test_accuracy_drop_is_caught_and_named(tmp_path, capsys):
 
 def test_tolerances_per_task_and_from_file(tmp_path, capsys):
     current = copy_baseline(tmp_path)
-    edit_records(current, "tcn", ("copy", "adding", "parity"), score=lambda s: s - 0.05)
+    edited = edit_records(current, "tcn", ("copy", "adding", "parity"), scores=(0.05, 1.0),
+                          score=lambda s: s - 0.05)
     solved = [p for p in (current / "cells").glob("*_tcn_*") if json.loads(p.read_text())[
         "solved"] and json.loads(p.read_text())["config"]["task"] in ("copy", "adding", "parity")]
     assert solved == []  # none of these tcn cells is solved: only scores change
@@ -284,14 +110,20 @@ def test_tolerances_per_task_and_from_file(tmp_path, capsys):
     relaxed = ["--tolerance", "copy=0.06", "--tolerance", "adding=0.06", "--tolerance",
                "parity=0.06"]
     code, _, _, md = gate(capsys, BASELINE, current, *relaxed)
-    assert code == 0 and md.count("| within tolerance |") == 6
+    assert code == 0 and md.count("| within tolerance |") == edited >= 4
     (tmp_path / "tol.toml").write_text("default = 0.06\nparity = 0.01\n")
     code, _, _, md = gate(capsys, BASELINE, current, "--tolerance-file", str(tmp_path / "tol.toml"))
-    assert code == 1 and md.count("| **regression** | parity | tcn |") == 2
-    assert parse_tolerances(["0.1", "copy=0.3"]).per_task == {"copy": 0.3}
-    for bad in (["copy=x"], ["nope=0.1"], ["-1"]):
-        with pytest.raises(ConfigError):
-            parse_tolerances(bad)
+    parity = len([p for p in (current / "cells").glob("parity_tcn_*")
+                  if json.loads(p.read_text())["score"] != json.loads(
+                      (BASELINE / "cells" / p.name).read_text())["score"]])
+    assert code == 1 and md.count("| **regression** | parity | tcn |") == parity >= 1
+    tasks = {"copy", "parity"}
+    assert parse_tolerances(["0.1", "copy=0.3"], None, tasks).per_task == {"copy": 0.3}
+    for bad, message in ((["copy=x"], "expected X or TASK=X"),
+                         (["nope=0.1"], "unknown value 'nope'; allowed: copy, parity"),
+                         (["-1"], "must be a number >= 0")):
+        with pytest.raises(ConfigError, match=message):
+            parse_tolerances(bad, None, tasks)
 
 
 def test_unsolved_diverged_missing_and_new_cells(tmp_path, capsys):
@@ -323,9 +155,9 @@ def test_unsolved_diverged_missing_and_new_cells(tmp_path, capsys):
 def test_unusable_inputs_exit_2(tmp_path, capsys):
     (tmp_path / "empty" / "cells").mkdir(parents=True)
     code, _, err, _ = gate(capsys, BASELINE, tmp_path / "empty")
-    assert code == 2 and "--current: no usable cell records" in err
+    assert code == 2 and "--current: no cell records" in err
     code, _, err, _ = gate(capsys, tmp_path / "empty", BASELINE)
-    assert code == 2 and "--baseline: no usable cell records" in err
+    assert code == 2 and "--baseline: no cell records" in err
     other = Store(tmp_path / "other")
     other.save(fake_record("copy", "rnn", 3, 0.5))
     code, _, err, _ = gate(capsys, BASELINE, other.root)
@@ -334,31 +166,40 @@ def test_unusable_inputs_exit_2(tmp_path, capsys):
     assert "--current" in capsys.readouterr().err
 
 
-def test_changed_task_definition_is_incomparable(tmp_path, capsys):
-    """A current record of the same task/model/length/seed under another task_version."""
-    current = copy_baseline(tmp_path)
-    path = next((current / "cells").glob("copy_lstm_L2_s0_*.json"))
+def rewrite_version(folder: Path, pattern: str, field: str) -> dict:
+    """Store one record of folder again as written under the next version of its task or model
+    definition (a new key for the same task/model/length/seed)."""
+    path = next((folder / "cells").glob(pattern))
     data = json.loads(path.read_text())
-    from bench.config import CellConfig
-
-    config = CellConfig.from_dict(data["config"])
-    assert cell_key(config, data["task_version"]) == data["key"] == config.key()
-    data["task_version"] += 1
-    data["key"] = cell_key(config, data["task_version"])
+    data[field] += 1
+    data["key_payload"][field] += 1
+    data["key"] = stable_key(data["key_payload"])
     path.unlink()
-    (current / "cells" / f"copy_lstm_L2_s0_{data['key']}.json").write_text(json.dumps(data))
-    records, unusable = load_cells(current, "current")
-    assert unusable == [] and data["key"] in records  # trusted under its own version
+    (folder / "cells" / f"{path.stem.rpartition('_')[0]}_{data['key']}.json").write_text(
+        json.dumps(data))
+    return data
+
+
+@pytest.mark.parametrize(("field", "message"), [
+    ("task_version", "task 'copy' has task_version 1 in the baseline and 2"),
+    ("model_version", "model 'lstm' has model_version 1 in the baseline and 2"),
+])
+def test_changed_definition_is_incomparable(tmp_path, capsys, field, message):
+    """A current record of the same task/model/length/seed under another task or model version."""
+    current = copy_baseline(tmp_path)
+    data = rewrite_version(current, "copy_lstm_L2_s0_*.json", field)
+    assert data["key"] in load_run(current, "current").records  # trusted under its own version
     code, _, err, _ = gate(capsys, BASELINE, current)
     assert code == 2
-    assert "incomparable task definitions: task 'copy' has task_version 1 in the baseline and 2" \
-        in err and "copy/lstm/L=2/seed 0" in err
+    assert f"incomparable definitions: {message} in the current run" in err
+    assert "copy/lstm/L=2/seed 0" in err
 
 
 def test_update_baseline_records_who_what_why_when(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("USER", "tester")
     source = copy_baseline(tmp_path, "run")
-    edit_records(source, "rnn", ("copy", "adding", "parity"), score=lambda s: s + 0.01)
+    improved = edit_records(source, "rnn", ("copy", "adding", "parity"), scores=(0.0, 0.99),
+                            score=lambda s: s + 0.01)
     target = tmp_path / "baseline"
     shutil.copytree(BASELINE, target)
     assert main(["gate", "--update-baseline", "--current", str(source),
@@ -373,102 +214,4 @@ def test_update_baseline_records_who_what_why_when(tmp_path, capsys, monkeypatch
     assert meta["history"][-1]["why"] == json.loads((BASELINE / "baseline.json").read_text())[
         "why"]
     assert gate(capsys, target, source)[0] == 0
-    assert gate(capsys, BASELINE, source)[3].count("| improved |") == 6
-
-
-# ------------------------------------------------------------------------------------------
-# real measurements (child processes, tiny points)
-
-TINY = ["--models", "lstm,tcn", "--lengths", "16", "--batch", "8", "--params", "5k"]
-
-
-def record(folder: Path, slow: str | None = None) -> Path:
-    with pytest.MonkeyPatch.context() as mp:
-        if slow:
-            mp.setenv("SEQBENCH_TEST_SLOWDOWN", slow)
-        else:
-            mp.delenv("SEQBENCH_TEST_SLOWDOWN", raising=False)
-        assert main(["gate", "--perf", "--record", str(folder), *TINY]) == 0
-    return folder
-
-
-def test_record_and_stored_comparison_catch_the_injected_slowdown(tmp_path, capsys):
-    """Two records of this code taken one after the other, the second with lstm made 1.5x slower
-    by the TEST-ONLY hook, compared after calibration. Stored runs at different times see the
-    shared machine in different states (on the 2-core VM this was written on, 98% of same-code
-    ratios fell within 0.83-1.18 and the hook was caught 99/100 times), so a miss is re-recorded
-    once."""
-    base = record(tmp_path / "a")
-    data = json.loads((base / "perf.json").read_text())
-    assert [p["status"] for p in data["points"]] == ["ok", "ok"]
-    assert all(len(p["train_samples_s"]) == len(p["norm_samples"]) == 50 and p["saved_bytes"] > 0
-               for p in data["points"])
-    assert data["bench_file"] == str(ROOT / "bench" / "__init__.py")
-    assert data["test_slowdown"] == {}
-    assert json.loads((base / "calibration.json").read_text()).keys() == {
-        "matmul_s", "lstm_step_s"}
-    for attempt in range(2):
-        slow = record(tmp_path / f"slow{attempt}", "lstm=1.5")
-        code = main(["gate", "--perf", "--baseline", str(base), "--current", str(slow)])
-        md = (slow / "gate-perf.md").read_text()
-        if code == 1 and "| **regression** | tcn" not in md:
-            break
-    assert json.loads((slow / "perf.json").read_text())["test_slowdown"] == {"lstm": 1.5}
-    assert code == 1 and "| **regression** | lstm L=16 B=8 |" in md, md
-    assert "| **regression** | tcn" not in md
-    assert "lstm" in capsys.readouterr().out
-
-
-def test_ab_against_git_ref_runs_the_other_code(tmp_path, monkeypatch, capsys):
-    """Interleaved A/B on real measurements: a clone whose HEAD is this code and whose working
-    tree doubles lstm's training work, so a slowdown appears only if the ref's code really ran;
-    the TEST-ONLY hook makes the current side's tcn 1.5x slower (caught), and gru, the same code
-    on both sides, is not flagged."""
-    repo = tmp_path / "repo"
-    for name in ("bench", "tasks"):
-        shutil.copytree(ROOT / name, repo / name,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run(["git", "init", "-q", str(repo)], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "base"], check=True)
-    measure = repo / "bench" / "measure.py"
-    text = measure.read_text()
-    step = "        loss.backward()\n        self.opt.step()\n"
-    assert text.count(step) == 1
-    measure.write_text(text.replace(step, step + (
-        "        if self.point.model == 'lstm':  # test patch: twice the work\n"
-        "            self.task.loss(self.model(self.batch.inputs), self.batch).backward()\n")))
-    monkeypatch.setenv("SEQBENCH_TEST_SLOWDOWN", "tcn=1.5")
-    monkeypatch.setattr(gate_module, "code_root", lambda: repo.resolve())  # "this code" = repo
-    argv = ["gate", "--perf", "--against", "HEAD", "--current", str(tmp_path / "ab"), *TINY]
-    argv[argv.index("lstm,tcn")] = "gru,lstm,tcn"
-    expected = ("| **regression** | lstm L=16 B=8 |", "| **regression** | tcn L=16 B=8 |",
-                "| ok | gru L=16 B=8 |")
-    for _ in range(2):  # one more try if a burst of load on the shared machine spoiled the first
-        code = main(argv)
-        md = (tmp_path / "ab" / "gate-perf.md").read_text()
-        if code == 1 and all(row in md for row in expected):
-            break
-    assert code == 1 and all(row in md for row in expected), md
-    base = json.loads((tmp_path / "ab" / "baseline" / "perf.json").read_text())
-    cur = json.loads((tmp_path / "ab" / "current" / "perf.json").read_text())
-    assert (base["test_slowdown"], cur["test_slowdown"]) == ({}, {"tcn": 1.5})
-    assert cur["bench_file"] == str(repo.resolve() / "bench" / "__init__.py")
-    assert base["bench_file"].endswith("/tree/bench/__init__.py") and "seqbench-ab-" in base[
-        "bench_file"]
-    assert base["git_ref"] == "HEAD"
-    listed = subprocess.run([*git, "worktree", "list"], check=True, capture_output=True,
-                            text=True).stdout
-    assert len(listed.strip().splitlines()) == 1  # the temporary worktree is gone
-
-
-def test_slowdown_hook_rejects_bad_values(monkeypatch, tmp_path, capsys):
-    monkeypatch.setenv("SEQBENCH_TEST_SLOWDOWN", "lstm=0.5")
-    assert main(["gate", "--perf", "--record", str(tmp_path), *TINY]) == 2
-    assert "SEQBENCH_TEST_SLOWDOWN" in capsys.readouterr().err
-
-
-def test_make_cell_keys_match_cell_key():
-    cfg = make_cell("copy", "gru", 3)
-    assert cell_key(cfg, 1) == cfg.key() and cell_key(cfg, 2) != cfg.key()
+    assert gate(capsys, BASELINE, source)[3].count("| improved |") == improved >= 4

@@ -1,7 +1,7 @@
 """Length generalisation, key-stable added() fields, bidirectional refusal and sweep variants.
 
-Covers bench.strict.added/key_payload, bench.config.Generalise and CellConfig.generalise, the
-length-generalisation protocol of bench.train, the record/store/report/plot layers that show it,
+Covers seqbench.strict.added/key_payload, seqbench.cell.config.Generalise and CellConfig.generalise, the
+length-generalisation protocol of seqbench.cell.train, the record/store/report/plot layers that show it,
 and `[variants.NAME]` / `[generalise.TASK]` in sweeps. Training budgets are tiny (a few steps at
 a 2000-parameter budget); reports and plots use hand-made records where that is enough.
 """
@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 import re
-import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -19,28 +18,24 @@ import pytest
 import torch
 from conftest import fake_record, make_cell, spy_on_run_cell
 
-import bench.executors
-import bench.plots
-import bench.train
-from bench.config import CellConfig, Generalise
-from bench.plots import generalisation_curve, plot_folder
-from bench.record import CellRecord
-from bench.report import best_sets, headline, is_generalisation, markdown, task_tables
-from bench.store import Store
-from bench.strict import ConfigError, added, key_payload
-from bench.sweep import SweepPlan, load_spec, run_sweep
-from bench.train import held_out, run_cell
-from tasks import TASKS, get_task
-from tasks.parity import Parity
+import seqbench.cell.train
+import seqbench.results.plots
+import seqbench.sweeps.executors
+from seqbench.cell.config import CellConfig, Generalise
+from seqbench.cell.record import CellRecord
+from seqbench.cell.train import held_out, run_cell
+from seqbench.models import FAMILIES
+from seqbench.results.plots import generalisation_curve, plot_folder
+from seqbench.results.report import markdown
+from seqbench.results.store import Store, cell_frame, generalisation_frame, row
+from seqbench.results.tables import best_sets, headline, is_generalisation, task_tables
+from seqbench.strict import ConfigError, added, key_payload
+from seqbench.sweeps.driver import SweepPlan, run_sweep
+from seqbench.sweeps.spec import load_spec
+from seqbench.tasks import TASKS, get_task
+from seqbench.tasks.parity import Parity
 
 RECORDS_V1 = Path(__file__).resolve().parent / "data" / "records_v1"  # a store of old records
-
-
-def old_key(config: dict, task_version: int) -> str:
-    """The key as computed before added() fields existed: a hash of the plain config mapping."""
-    payload = {"config": config, "task_version": task_version}
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def lg_cell(task: str = "parity", model: str = "rnn", length: int = 4, lengths=(6, 8), *,
@@ -65,9 +60,12 @@ def test_key_without_generalise_is_the_plain_config_hash(model):
     plain["hparams"] = {k: v for k, v in plain["hparams"].items() if k not in hp_added}
     if model in ("rnn", "lstm", "gru"):
         assert "bidirectional" in hp_added
-    assert cfg.key() == old_key(plain, get_task("parity").version)
     assert key_payload(cfg) == plain
-    assert cfg.key(task_version=7) == old_key(plain, 7) != cfg.key()
+    payload = {"config": plain, "task_version": get_task("parity").version,
+               "model_version": FAMILIES[model].version}
+    assert cfg.payload() == payload
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    assert cfg.key() == hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def test_generalise_enters_the_key_and_each_setting_counts():
@@ -111,22 +109,14 @@ def test_bidirectional_false_keeps_the_key_true_changes_it():
     assert make_cell("parity", "lstm", 4, hparams={"bidirectional": True}).key() != base.key()
 
 
-def test_records_written_before_added_fields_keep_their_keys():
-    """Records stored before `generalise`, `bidirectional`, `peephole` existed (copies of five
-    committed quick-sweep records of that time) still load, under the keys they were written with."""
-    cells = sorted((RECORDS_V1 / "cells").glob("*.json"))
-    assert len(cells) == 5
-    for path in cells:
-        data = json.loads(path.read_text())
-        assert "generalise" not in data["config"]
-        key = old_key(data["config"], data["task_version"])
-        assert path.name.endswith(f"_{key}.json") and data["key"] == key
-        assert CellConfig.from_dict(data["config"]).key() == key
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        records = Store(RECORDS_V1).load()
-    assert len(records) == 5
-    assert all(r.config.generalise is None and r.ood_score is None for r in records.values())
+def test_records_of_the_previous_schema_are_named_and_refused():
+    """Records stored by seqbench 0.1 (schema 1: copies of five committed quick-sweep records of
+    that time) are never trusted: each is named with the reason, and nothing is loaded."""
+    loaded = Store(RECORDS_V1).read()
+    assert loaded.records == {} and len(loaded.problems) == 5
+    for problem in loaded.problems:
+        assert problem.path.parent == RECORDS_V1 / "cells"
+        assert "schema 1: written by another seqbench version" in problem.reason
 
 
 def test_record_round_trips_with_generalise(tmp_path):
@@ -134,7 +124,7 @@ def test_record_round_trips_with_generalise(tmp_path):
     store = Store(tmp_path)
     path = store.save(record)
     loaded = store.load()[record.key]
-    assert loaded.config.generalise == Generalise((6, 8), "range", 8)
+    assert loaded.config["generalise"] == {"lengths": [6, 8], "train": "range", "samples": 8}
     assert loaded.ood_scores == record.ood_scores and loaded.ood_score == record.ood_score
     # editing the stored protocol breaks the key: the record is not trusted
     data = json.loads(path.read_text())
@@ -261,14 +251,14 @@ def test_generalisation_cell_runs_its_whole_budget_and_is_solved_by_the_test_mea
 
 def test_generalisation_cell_is_not_solved_by_in_distribution_success(monkeypatch):
     """A perfect in-distribution score with poor test scores stays `budget`."""
-    real = bench.train.evaluate
+    real = seqbench.cell.train.evaluate
     scores = iter([(0.0, 1.0), (0.0, 1.0), (0.3, 0.5), (0.3, 0.625)])
 
     def evaluate(model, task, batches):
         real(model, task, batches)
         return next(scores)
 
-    monkeypatch.setattr(bench.train, "evaluate", evaluate)
+    monkeypatch.setattr(seqbench.cell.train, "evaluate", evaluate)
     record = run_cell(lg_cell(length=4, lengths=(6, 8), samples=8, steps=4, eval_every=2))
     assert record.score == 1.0 and record.steps == 4
     assert record.ood_scores == [0.5, 0.625] and record.ood_score == 0.5625
@@ -301,13 +291,13 @@ def test_held_out_test_set_is_the_fixed_length_cells_set(task_name, n, samples):
 
 def test_test_lengths_are_scored_on_the_fixed_length_cells_sequences(monkeypatch):
     seen = []
-    real = bench.train.evaluate
+    real = seqbench.cell.train.evaluate
 
     def evaluate(model, task, batches):
         seen.append(batches)
         return real(model, task, batches)
 
-    monkeypatch.setattr(bench.train, "evaluate", evaluate)
+    monkeypatch.setattr(seqbench.cell.train, "evaluate", evaluate)
     cfg = lg_cell(length=4, lengths=(6, 8), samples=24, steps=2, eval_every=2, seed=1)
     run_cell(cfg)
     parity = get_task("parity")
@@ -318,14 +308,14 @@ def test_test_lengths_are_scored_on_the_fixed_length_cells_sequences(monkeypatch
 
 def test_model_is_built_for_the_longest_test_length(monkeypatch):
     built = []
-    real = bench.train.build_model
+    real = seqbench.cell.train.build_model
     shrink = {"to": None}
 
     def build_model(model, io, budget, hp, max_len):
         built.append(max_len)
         return real(model, io, budget, hp, shrink["to"] or max_len)
 
-    monkeypatch.setattr(bench.train, "build_model", build_model)
+    monkeypatch.setattr(seqbench.cell.train, "build_model", build_model)
     learned = {"positions": "learned"}
     cfg = lg_cell(model="transformer", length=4, lengths=(6, 12), samples=8, hparams=learned,
                   steps=2, eval_every=2)
@@ -388,8 +378,10 @@ def lg_record(model: str, seed: int, id_score: float | None, ood: list[float] | 
               length: int = 4, lengths=(6, 8)) -> CellRecord:
     """A stored-looking length-generalisation record with chosen scores (no training)."""
     record = fake_record("parity", model, length, id_score, seed=seed, status=status)
-    record.config = lg_cell(model=model, length=length, lengths=lengths, seed=seed, lr=lr)
-    record.key, record.hpset, record.variant = record.config.key(), hpset, variant
+    cfg = lg_cell(model=model, length=length, lengths=lengths, seed=seed, lr=lr)
+    record.config, record.key_payload, record.key = cfg.to_dict(), cfg.payload(), cfg.key()
+    record.hpset, record.variant = hpset, variant
+    record.ood_chance = [0.5] * len(lengths)
     record.ood_scores = list(ood or [])
     record.ood_score = sum(ood) / len(ood) if ood else None
     if status == "solved":
@@ -399,26 +391,26 @@ def lg_record(model: str, seed: int, id_score: float | None, ood: list[float] | 
 
 def test_row_and_ood_rows():
     record = lg_record("transformer", 1, 1.0, [0.75, 0.5], variant="tf-rope", hpset="fast")
-    row = record.row()
+    flat = row(record)
     assert record.model_name == "tf-rope"
-    assert (row["model"], row["family"], row["hpset"]) == ("tf-rope", "transformer", "fast")
-    assert (row["generalise.lengths"], row["generalise.train"], row["generalise.samples"]) == (
+    assert (flat["model"], flat["family"], flat["hpset"]) == ("tf-rope", "transformer", "fast")
+    assert (flat["generalise.lengths"], flat["generalise.train"], flat["generalise.samples"]) == (
         "6 8", "range", 32)
-    assert row["ood_score"] == 0.625 and row["score"] == 1.0
-    assert "variant" not in row and "ood_scores" not in row
-    assert record.ood_rows() == [
+    assert flat["ood_score"] == 0.625 and flat["score"] == 1.0
+    assert "variant" not in flat and "ood_scores" not in flat
+    assert ood_rows(record) == [
         {"key": record.key, "task": "parity", "model": "tf-rope", "hpset": "fast", "seed": 1,
-         "train_length": 4, "status": "budget", "length": n, "score": s}
+         "train_length": 4, "status": "budget", "length": n, "score": s, "chance": 0.5}
         for n, s in ((6, 0.75), (8, 0.5))]
     plain = fake_record("parity", "rnn", 4, 0.5)
-    assert plain.model_name == "rnn" and plain.row()["model"] == plain.row()["family"] == "rnn"
-    assert not any(k.startswith("generalise.") for k in plain.row())
-    assert plain.ood_rows() == []
+    assert plain.model_name == "rnn" and row(plain)["model"] == row(plain)["family"] == "rnn"
+    assert not any(k.startswith("generalise.") for k in row(plain))
+    assert ood_rows(plain) == []
 
 
 def test_ood_rows_keep_the_scores_before_a_failure():
     record = lg_record("rnn", 0, 0.9, [0.7], status="oom")  # ran out of memory at length 8
-    assert [(r["length"], r["score"], r["status"]) for r in record.ood_rows()] == [(6, 0.7, "oom")]
+    assert [(r["length"], r["score"], r["status"]) for r in ood_rows(record)] == [(6, 0.7, "oom")]
 
 
 def test_store_writes_generalisation_csv(tmp_path):
@@ -427,36 +419,41 @@ def test_store_writes_generalisation_csv(tmp_path):
     for record in records:
         store.save(record)
     store.save(fake_record("adding", "rnn", 8, 0.5))  # not a generalisation cell: no rows
-    df, _ = store.write_tables({})
+    store.write_tables(store.read(), {})
+    df = cell_frame(store.load().values())
     assert len(df) == 5
     gdf = pd.read_csv(store.root / "generalisation.csv")
     assert len(gdf) == 8
     assert set(gdf["key"]) == {r.key for r in records}
     assert sorted(gdf.columns) == sorted(["key", "task", "model", "hpset", "seed", "train_length",
-                                          "status", "length", "score"])
+                                          "status", "length", "score", "chance"])
     assert gdf.groupby("length")["score"].mean().to_dict() == pytest.approx({6: 0.65, 8: 0.5})
-    assert store.generalisation_frame().shape == (8, 9)
+    assert generalisation_frame(store.load().values()).shape == (8, 10)
 
 
 def test_store_without_generalisation_writes_no_generalisation_csv(tmp_path):
     store = Store(tmp_path / "plain")
     store.save(fake_record("parity", "rnn", 4, 0.5))
-    store.write_tables({})
+    store.write_tables(store.read(), {})
     assert (store.root / "results.csv").exists()
     assert not (store.root / "generalisation.csv").exists()
-    assert store.generalisation_frame().empty
+    assert generalisation_frame(store.load().values()).empty
 
 
 def frame(records: list[CellRecord]) -> pd.DataFrame:
-    return pd.DataFrame([r.row() for r in records])
+    return cell_frame(records)
+
+
+def ood_rows(record: CellRecord) -> list[dict]:
+    return generalisation_frame([record]).to_dict("records")
 
 
 def test_headline_is_the_test_mean_for_generalisation_cells_only():
     df = frame([lg_record("rnn", 0, 1.0, [0.5, 0.25]), fake_record("parity", "gru", 4, 0.75)])
-    assert is_generalisation(df).tolist() == [True, False]
-    h = headline(df)
-    assert h["score"].tolist() == [0.375, 0.75]
-    assert h["id_score"].iloc[0] == 1.0 and pd.isna(h["id_score"].iloc[1])
+    assert dict(zip(df["model"], is_generalisation(df))) == {"rnn": True, "gru": False}
+    h = headline(df).set_index("model")
+    assert h.loc["rnn", "score"] == 0.375 and h.loc["gru", "score"] == 0.75
+    assert h.loc["rnn", "id_score"] == 1.0 and pd.isna(h.loc["gru", "id_score"])
     plain = frame([fake_record("parity", "gru", 4, 0.75)])
     assert not is_generalisation(plain).any()
     assert headline(plain) is plain
@@ -487,7 +484,7 @@ def test_best_sets_by_mean_ties_to_first_name_failures_kept():
     assert len(best) == 2 + 1 + 2 + 2
     # the tables pick the same sets
     tables = {t.title: t for t in task_tables(frame(records), pd.DataFrame(
-        [row for r in records for row in r.ood_rows()]))}
+        [row for r in records for row in ood_rows(r)]))}
     text = tables[LG].text
     assert text[("rnn", "N=4")].endswith("[slow]") and text[("gru", "N=4")].endswith("[fast]")
     assert text[("lstm", "N=4")] == "0.400 (1 diverged) [fast]"
@@ -520,7 +517,7 @@ def test_tables_of_a_generalisation_task_from_made_up_records():
                lg_record("gru", 0, 1.0, [1.0, 1.0]), lg_record("gru", 1, 1.0, [1.0, 0.98]),
                lg_record("rnn", 0, 1.0, [0.5, 0.5], length=2),
                lg_record("gru", 0, 1.0, [1.0, 1.0], length=2)]
-    gdf = pd.DataFrame([row for r in records for row in r.ood_rows()])
+    gdf = pd.DataFrame([row for r in records for row in ood_rows(r)])
     summary = markdown(task_tables(frame(records), gdf), "lg")
     caption, header, rows = parse_table(summary, LG)
     assert header == ["N=2", "N=4"]
@@ -571,7 +568,7 @@ def test_variants_label_cells_records_and_tables(tmp_path, monkeypatch):
     store, statuses = run_sweep(spec, tmp_path)
     assert sum(statuses.values()) == 2 and set(statuses) <= {"solved", "budget"}
     records = store.load().values()
-    assert sorted((r.variant, r.config.hparams.positions) for r in records) == [
+    assert sorted((r.variant, r.config["hparams"]["positions"]) for r in records) == [
         ("", "sinusoidal"), ("tf-rope", "rope")]
     table = pd.read_csv(store.root / "results.csv")
     assert sorted(zip(table["model"], table["family"])) == [
@@ -612,8 +609,8 @@ def test_variant_restricted_to_tasks_runs_only_there(tmp_path):
     store, statuses = run_sweep(spec, tmp_path)
     assert sum(statuses.values()) == 3 and "error" not in statuses
     bi = [r for r in store.load().values() if r.variant == "bilstm"]
-    assert len(bi) == 1 and bi[0].config.task == "parity"
-    assert bi[0].config.hparams.bidirectional and bi[0].model_info["bidirectional"] is True
+    assert len(bi) == 1 and bi[0].task == "parity"
+    assert bi[0].config["hparams"]["bidirectional"] and bi[0].model_info["bidirectional"] is True
     # without the restriction, the bidirectional variant is refused on copy before anything runs
     with pytest.raises(ConfigError, match=r"^hparams\.bidirectional: task 'copy' is causal"):
         load_spec(BIDIRECTIONAL_SWEEP.replace('tasks = ["parity"]\n', ""), "test")
@@ -699,7 +696,7 @@ def test_generalise_table_of_a_sweep(tmp_path):
     caption, header, rows = parse_table(summary, f"{LG} by test length")
     assert header == ["N=4 (train)", "L=6", "L=8"] and list(rows) == ["rnn", "gru"]
     for model in ("rnn", "gru"):
-        at8 = [r.ood_scores[1] for r in records if r.config.model == model]
+        at8 = [r.ood_scores[1] for r in records if r.family == model]
         assert rows[model][2].startswith(f"{sum(at8) / 2:.3f} ± ")
     # a sweep without the table keeps the fixed-length cells and their keys
     plain = load_spec(LG_SWEEP.split("[generalise")[0], "test").cells()
@@ -757,13 +754,13 @@ def write_lg_store(root: Path) -> tuple[Store, list[CellRecord]]:
 
 def test_generalisation_curve_of_the_best_set(tmp_path):
     store, records = write_lg_store(tmp_path / "lg")
-    df = best_sets(headline(store.frame()))
+    df = best_sets(headline(cell_frame(store.load().values())))
     assert set(df["hpset"]) == {"good"}
-    curve = generalisation_curve(df[df["length"] == 4], store.generalisation_frame())
+    curve = generalisation_curve(df[df["length"] == 4], generalisation_frame(store.load().values()))
     good = [r for r in records if r.hpset == "good"]
     expected = sorted(
-        [(r.model_name, r.config.seed, 4, round(r.score, 9)) for r in good]
-        + [(r.model_name, r.config.seed, n, round(s, 9)) for r in good
+        [(r.model_name, r.seed, 4, round(r.score, 9)) for r in good]
+        + [(r.model_name, r.seed, n, round(s, 9)) for r in good
            for n, s in zip((6, 8), r.ood_scores)])
     got = sorted((m, s, n, round(v, 9)) for m, s, n, v in
                  curve[["model", "seed", "length", "score"]].itertuples(index=False, name=None))
@@ -773,7 +770,7 @@ def test_generalisation_curve_of_the_best_set(tmp_path):
 def test_plot_folder_shows_the_best_set_with_the_training_boundary(tmp_path, monkeypatch):
     store, records = write_lg_store(tmp_path / "lg")
     seen = {}
-    real_accuracy, real_heatmap = bench.plots.accuracy_figure, bench.plots.heatmap_figure
+    real_accuracy, real_heatmap = seqbench.results.plots.accuracy_figure, seqbench.results.plots.heatmap_figure
 
     def accuracy_figure(task_name, tdf, boundary=None):
         fig = real_accuracy(task_name, tdf, boundary)
@@ -784,8 +781,8 @@ def test_plot_folder_shows_the_best_set_with_the_training_boundary(tmp_path, mon
         seen["heatmap"] = tdf.copy()
         return real_heatmap(task_name, tdf)
 
-    monkeypatch.setattr(bench.plots, "accuracy_figure", accuracy_figure)
-    monkeypatch.setattr(bench.plots, "heatmap_figure", heatmap_figure)
+    monkeypatch.setattr(seqbench.results.plots, "accuracy_figure", accuracy_figure)
+    monkeypatch.setattr(seqbench.results.plots, "heatmap_figure", heatmap_figure)
     written = plot_folder(store.root)
     assert sorted(p.name for p in written) == sorted(
         f"{kind}_parity_generalisation.{ext}" for kind in ("accuracy", "heatmap") for ext in ("png", "svg"))
@@ -796,7 +793,7 @@ def test_plot_folder_shows_the_best_set_with_the_training_boundary(tmp_path, mon
     good = [r for r in records if r.hpset == "good"]
     means = tdf.groupby(["model", "length"])["score"].mean().to_dict()
     for model in ("rnn", "lstm"):
-        mine = [r for r in good if r.config.model == model]
+        mine = [r for r in good if r.family == model]
         assert means[(model, 4)] == pytest.approx(sum(r.score for r in mine) / 2)
         for i, n in enumerate((6, 8)):
             assert means[(model, n)] == pytest.approx(sum(r.ood_scores[i] for r in mine) / 2)
@@ -828,18 +825,19 @@ def test_plot_folder_with_a_failed_generalisation_cell(tmp_path):
 def test_tables_of_a_task_with_plain_and_generalisation_records():
     plain = fake_record("parity", "rnn", 4, 0.75)
     lg = lg_record("rnn", 0, 1.0, [0.5, 0.25])
-    tables = task_tables(frame([plain, lg]), pd.DataFrame(lg.ood_rows()))
+    tables = task_tables(frame([plain, lg]), pd.DataFrame(ood_rows(lg)))
     assert tables[0].title == "parity"
 
 
 def test_gradient_flow_keeps_variants_apart():
     plain = fake_record("parity", "transformer", 2, 0.5)
     rope = fake_record("parity", "transformer", 2, 0.5)
-    rope.config = make_cell("parity", "transformer", 2, hparams={"positions": "rope"})
-    rope.key, rope.variant = rope.config.key(), "tf-rope"
+    cfg = make_cell("parity", "transformer", 2, hparams={"positions": "rope"})
+    rope.config, rope.key_payload, rope.key = cfg.to_dict(), cfg.payload(), cfg.key()
+    rope.variant = "tf-rope"
     for record, norm in ((plain, 1.0), (rope, 0.5)):
         record.grad_flow = {"trained": {"distance": [0, 1], "norm": [norm, norm]}}
-    flows = bench.plots.flow_frame([plain, rope])
+    flows = seqbench.results.plots.flow_frame([plain, rope])
     assert set(flows["model"]) == {"transformer", "tf-rope"}
 
 

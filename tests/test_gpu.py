@@ -5,9 +5,9 @@ import pytest
 import torch
 from conftest import make_cell, sample
 
-from bench.train import run_cell
-from tasks import TASKS
-from tasks.parity import Parity
+from seqbench.cell.train import run_cell
+from seqbench.tasks import TASKS
+from seqbench.tasks.parity import Parity
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -10,18 +10,19 @@ import pytest
 import torch
 from conftest import make_cell, sample
 
-from bench.gradflow import (
+from seqbench.cell.gradflow import (
     gradient_flow,
     log_spaced,
     position_loss,
     scored_position,
     step_gradient_norms,
 )
-from bench.models import FAMILIES, build_model, parse_hparams
-from bench.record import CellRecord
-from bench.train import run_cell
-from tasks import Batch, get_task
-from tasks.parity import Parity
+from seqbench.cell.record import CellRecord
+from seqbench.cell.train import run_cell
+from seqbench.models import FAMILIES, build_model, parse_hparams
+from seqbench.results.store import row
+from seqbench.tasks import Batch, get_task
+from seqbench.tasks.parity import Parity
 
 
 def untrained(model: str, task, length: int, seed: int = 0, params: int = 2000):
@@ -163,7 +164,7 @@ def test_cell_records_untrained_and_trained_flow_and_round_trips():
     assert flows["trained"]["distance"] == flows["untrained"]["distance"]
     back = CellRecord.from_dict(json.loads(json.dumps(record.to_dict())))
     assert back == record and back.grad_flow == flows
-    assert "grad_flow" not in record.row()
+    assert "grad_flow" not in row(record)
     older = record.to_dict()
     del older["grad_flow"]  # records written before the field existed still load
     assert CellRecord.from_dict(older).grad_flow == {}

@@ -10,13 +10,13 @@ import pytest
 import torch
 from conftest import make_cell, sample
 
-from bench.gradflow import step_gradient_norms
-from bench.models import BudgetWarning, build_model, parse_hparams, state_bytes
-from bench.models.base import SequenceModel
-from bench.models.lru import LRU, LRUHP, scan
-from bench.strict import ConfigError
-from bench.train import run_cell
-from tasks import TASKS, IOSpec, get_task
+from seqbench.cell.gradflow import step_gradient_norms
+from seqbench.cell.train import run_cell
+from seqbench.models import BudgetWarning, build_model, parse_hparams, state_bytes
+from seqbench.models.base import SequenceModel
+from seqbench.models.lru import LRU, LRUHP, scan
+from seqbench.strict import ConfigError
+from seqbench.tasks import TASKS, IOSpec, get_task
 
 TOKENS = TASKS["copy"].io
 FEATURES = TASKS["adding"].io

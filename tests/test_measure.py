@@ -22,25 +22,25 @@ from conftest import TINY_PARAMS, expect_rejected
 from torch import nn
 from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
-import bench.measure as bm
-from bench import memory, streaming, timing
-from bench.cli import main
-from bench.measure import (
+import seqbench.measure.point as bm
+from seqbench.cli import main
+from seqbench.measure import memory, streaming, timing
+from seqbench.measure.memory import rss_growth, rss_growth_in_process, saved_bytes
+from seqbench.measure.point import (
     Harness,
     MeasurePoint,
-    MeasureRecord,
     measure,
     overhead,
     rnn_flops,
-    scaling,
     train_flops,
 )
-from bench.memory import rss_growth, rss_growth_in_process, saved_bytes
-from bench.models import FAMILIES
-from bench.report import markdown, measurement_tables
-from bench.store import Store
-from bench.strict import ConfigError
-from tasks import get_task
+from seqbench.measure.record import MeasureRecord
+from seqbench.models import FAMILIES
+from seqbench.results.report import markdown
+from seqbench.results.store import Store, measurement_frame
+from seqbench.results.tables import measurement_tables, scaling
+from seqbench.strict import ConfigError
+from seqbench.tasks import get_task
 
 BATCH = 4
 
@@ -431,7 +431,7 @@ def fake_measurement(model: str, length: int, status: str = "ok", **figures) -> 
     p = point(model, length)
     if status == "ok":
         figures = {"data_gen_fraction": 0.01, "efficiency": 0.1} | figures
-    return MeasureRecord(p.key(), p.to_dict(), status=status, seq_len=length,
+    return MeasureRecord(p.key(), p.to_dict(), p.payload(), status=status, seq_len=length,
                          flags={"threads": 1}, env={"device": "cpu"}, **figures)
 
 
@@ -442,13 +442,13 @@ def test_store_saves_and_loads_measurements(tmp_path):
     for r, path in zip(records, paths):
         assert path.parent == store.measurements
         assert path.name == f"{r.point['model']}_L{r.point['length']}_{r.key}.json"
-    loaded = store.load_measurements()
-    assert sorted(m["key"] for m in loaded) == sorted(r.key for r in records)
-    assert {m["key"]: m for m in loaded}[records[0].key] == records[0].to_dict()
+    loaded = store.read().measurements
+    assert sorted(loaded) == sorted(r.key for r in records)
+    assert loaded[records[0].key] == records[0]
     # a new measurement of the same point replaces the old one
     store.save_measurement(fake_measurement("rnn", 8, train_ms=3.0))
     assert len(list(store.measurements.glob("*.json"))) == 2
-    frame = store.measurement_frame()
+    frame = measurement_frame(store.read().measurements.values())
     assert len(frame) == 2
     assert frame.set_index("model").loc["rnn", "train_ms"] == 3.0
     assert list(store.measurements.glob(".*.tmp")) == []  # no temporary files left
@@ -462,10 +462,13 @@ def test_store_skips_unusable_measurements(tmp_path):
     renamed = fake_measurement("lstm", 8, train_ms=1.0)
     (store.measurements / "lstm_L8_ffffffffffffffff.json").write_text(json.dumps(renamed.to_dict()))
     (store.measurements / "tcn_L8_aaaaaaaaaaaaaaaa.json").write_text("[1, 2]")
-    with pytest.warns(UserWarning, match="ignoring unusable measurement") as caught:
-        loaded = store.load_measurements()
-    assert [m["key"] for m in loaded] == [good.key]
-    assert len(caught) == 3
+    loaded = store.read()
+    assert list(loaded.measurements) == [good.key]
+    reasons = sorted(p.reason for p in loaded.problems)
+    assert len(reasons) == 3
+    assert any("not valid JSON" in r for r in reasons)
+    assert any("expected a JSON object, got list" in r for r in reasons)
+    assert any("file name does not match" in r for r in reasons)
 
 
 def speed_frame() -> pd.DataFrame:

@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import TINY_PARAMS
 
-from bench import timing
-from bench.measure import Harness, MeasurePoint, measure, rnn_flops, train_flops
+from seqbench.measure import timing
+from seqbench.measure.point import Harness, MeasurePoint, measure, rnn_flops, train_flops
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -13,7 +13,7 @@ import torch
 from conftest import make_cell
 from torch import nn
 
-from bench.models import (
+from seqbench.models import (
     BUDGET_TOLERANCE,
     FAMILIES,
     BudgetWarning,
@@ -21,11 +21,11 @@ from bench.models import (
     count_parameters,
     parse_hparams,
 )
-from bench.models.base import SequenceModel
-from bench.models.recurrent import PeepholeLSTM
-from bench.models.transformer import alibi_bias, alibi_slopes, rope_angles, rotate
-from bench.strict import ConfigError
-from tasks import TASKS, IOSpec
+from seqbench.models.base import SequenceModel
+from seqbench.models.recurrent import PeepholeLSTM
+from seqbench.models.transformer import alibi_bias, alibi_slopes, rope_angles, rotate
+from seqbench.strict import ConfigError
+from seqbench.tasks import TASKS, IOSpec
 
 TOKENS = TASKS["copy"].io
 FEATURES = TASKS["adding"].io

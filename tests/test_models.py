@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from bench.models import (
+from seqbench.models import (
     BUDGET_TOLERANCE,
     FAMILIES,
     BudgetWarning,
@@ -15,10 +15,10 @@ from bench.models import (
     count_parameters,
     parse_hparams,
 )
-from bench.models.base import SequenceModel
-from bench.models.tcn import receptive_field
-from bench.strict import ConfigError
-from tasks import TASKS, IOSpec
+from seqbench.models.base import SequenceModel
+from seqbench.models.tcn import receptive_field
+from seqbench.strict import ConfigError
+from seqbench.tasks import TASKS, IOSpec
 
 TOKENS = TASKS["copy"].io  # 10 tokens in, 10 classes out
 FEATURES = TASKS["adding"].io  # 2 real features in, 1 value out

@@ -6,17 +6,17 @@ module to a few seconds instead of a real sweep's half a minute.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
 import pytest
 from conftest import fake_record
 
-from bench.cli import main
-from bench.measure import MeasurePoint, MeasureRecord
-from bench.store import Store
-from bench.sweep import preset
+from seqbench.cli import main
+from seqbench.measure.point import MeasurePoint
+from seqbench.measure.record import MeasureRecord
+from seqbench.results.store import Store
+from seqbench.sweeps.spec import preset
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TASKS = ("adding", "copy", "parity")
@@ -52,7 +52,8 @@ def write_measurement(store: Store, model: str, length: int, status: str = "ok",
     figures = {} if status != "ok" else {
         "train_tokens_per_s": 1e5 / length ** 0.5, "infer_tokens_per_s": 4e5 / length ** 0.3,
         "saved_bytes": 1000 * length, "rss_growth_bytes": 3000 * length}
-    store.save_measurement(MeasureRecord(key=point.key(), point=point.to_dict(), status=status,
+    store.save_measurement(MeasureRecord(key=point.key(), point=point.to_dict(),
+                                         key_payload=point.payload(), status=status,
                                          error=None if status == "ok" else status, **figures))
 
 
@@ -78,8 +79,8 @@ def no_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("plot must only read stored records")
 
-    for target in ("bench.train.run_cell", "bench.cli.run_cell", "bench.measure.measure",
-                   "bench.cli.measure", "bench.measure.matmul_peak", "bench.cli.matmul_peak"):
+    for target in ("seqbench.cell.train.run_cell", "seqbench.measure.point.measure",
+                   "seqbench.measure.point.matmul_peak"):
         monkeypatch.setattr(target, refuse)
 
 
@@ -142,9 +143,11 @@ def test_folder_without_records_exits_2(tmp_path, capsys, make):
         (folder / "cells").mkdir(parents=True)
     if make == "corrupt":
         (folder / "cells" / "copy_rnn_L2_s0_0123456789abcdef.json").write_text("{")
-    with pytest.warns(UserWarning) if make == "corrupt" else contextlib.nullcontext():
-        assert main(["plot", str(folder)]) == 2
+    assert main(["plot", str(folder)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err.startswith("seqbench: error: plot: ") and str(folder) in captured.err
+    *skipped, error = captured.err.splitlines()
+    assert error.startswith("seqbench: error: plot: ") and str(folder) in error
+    assert len(skipped) == (make == "corrupt") and all("skipped" in s and "not valid JSON" in s
+                                                       for s in skipped)
     assert not (folder / "plots").exists()

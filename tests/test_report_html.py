@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from conftest import fake_record
 
-from bench.cli import main
-from bench.store import Store
+from seqbench.cli import main
+from seqbench.results.store import Store
 
 # a real 1x1 PNG
 PIXEL = base64.b64decode(

@@ -9,10 +9,10 @@ import warnings
 import pytest
 import torch
 
-from bench.models import FAMILIES, BudgetWarning, build_model, parse_hparams, state_bytes
-from bench.models.base import SequenceModel
-from bench.streaming import measure_streaming
-from tasks import TASKS, IOSpec
+from seqbench.measure.streaming import measure_streaming
+from seqbench.models import FAMILIES, BudgetWarning, build_model, parse_hparams, state_bytes
+from seqbench.models.base import SequenceModel
+from seqbench.tasks import TASKS, IOSpec
 
 TOKENS = TASKS["copy"].io
 FEATURES = TASKS["adding"].io

@@ -12,16 +12,21 @@ import pytest
 import torch
 from conftest import fake_record, make_cell, spy_on_run_cell
 
-import bench.executors
-import bench.store
-import bench.sweep
-from bench.cli import main
-from bench.models import FAMILIES
-from bench.record import CellRecord
-from bench.store import Store, atomic_write
-from bench.sweep import PRESETS, load_spec, preset, run_sweep
-from bench.train import run_cell
-from tasks import TASKS
+import seqbench.results.store
+import seqbench.sweeps.driver
+import seqbench.sweeps.executors
+import seqbench.sweeps.spec
+from seqbench.cell.config import CellConfig
+from seqbench.cell.record import CellRecord
+from seqbench.cell.train import run_cell
+from seqbench.cli import main
+from seqbench.fileio import atomic_write
+from seqbench.models import FAMILIES
+from seqbench.results.report import write_summary
+from seqbench.results.store import Store
+from seqbench.sweeps.driver import run_sweep
+from seqbench.sweeps.spec import PRESETS, load_spec, preset
+from seqbench.tasks import TASKS
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +92,8 @@ def test_smoke_sweep_writes_every_cell_and_table(smoke):
 def test_worker_records_match_an_in_process_run(smoke):
     """A cell's figures do not depend on which process ran it."""
     records = Store(smoke).load().values()
-    for stored in [r for r in records if r.config.model in ("lstm", "transformer")][:2]:
-        fresh = run_cell(stored.config)
+    for stored in [r for r in records if r.family in ("lstm", "transformer")][:2]:
+        fresh = run_cell(CellConfig.from_dict(stored.config))
         assert (fresh.status, fresh.steps) == (stored.status, stored.steps)
         assert fresh.history == stored.history
 
@@ -99,7 +104,7 @@ def test_rerun_is_a_no_op(smoke_copy, monkeypatch, capsys):
     def must_not_run(cfg):
         raise AssertionError(f"cell re-run: {cfg}")
 
-    monkeypatch.setattr(bench.executors, "run_cell", must_not_run)
+    monkeypatch.setattr(seqbench.sweeps.executors, "run_cell", must_not_run)
     assert rerun_smoke(smoke_copy) == 0
     assert mtimes(smoke_copy) == before
     assert "cells run now: none (all stored)" in capsys.readouterr().out
@@ -167,7 +172,7 @@ def test_interrupted_sweep_keeps_finished_cells(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return run_cell(cfg)
 
-    monkeypatch.setattr(bench.executors, "run_cell", interrupt_third)
+    monkeypatch.setattr(seqbench.sweeps.executors, "run_cell", interrupt_third)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(spec, tmp_path)
     store = Store(tmp_path / "tiny")
@@ -201,7 +206,7 @@ def test_failed_atomic_write_keeps_the_old_file(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(bench.store.os, "replace", broken_replace)
+    monkeypatch.setattr(seqbench.fileio.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         atomic_write(path, "new")
     assert path.read_text() == "old"
@@ -277,15 +282,16 @@ def test_sweep_measures_its_points_once(tmp_path, monkeypatch):
     store, _ = run_sweep(spec, tmp_path)
     points = {p.key() for p in spec.points()}
     assert len(points) == 4
-    assert {m["key"] for m in store.load_measurements()} == points
-    assert all(m["status"] == "ok" and m["train_ms"] > 0 for m in store.load_measurements())
+    measurements = store.read().measurements.values()
+    assert {m.key for m in measurements} == points
+    assert all(m.status == "ok" and m.train_ms > 0 for m in measurements)
     assert len(pd.read_csv(store.root / "measurements.csv")) == 4
     assert "training tokens/s" in (store.root / "summary.md").read_text()
 
     def refuse(*args, **kwargs):
         raise AssertionError("a stored measurement was taken again")
 
-    monkeypatch.setattr(bench.sweep, "measure", refuse)
+    monkeypatch.setattr(seqbench.sweeps.driver, "measure", refuse)
     run_sweep(spec, tmp_path)  # resumes: nothing left to measure
 
 
@@ -299,16 +305,16 @@ def test_sweep_measures_its_points_once(tmp_path, monkeypatch):
     ],
 )
 def test_measure_table_is_strict(change, message):
-    with pytest.raises(bench.sweep.ConfigError, match=re.escape(message)):
+    with pytest.raises(seqbench.sweeps.spec.ConfigError, match=re.escape(message)):
         load_spec(MEASURED_SWEEP.replace(*change), "test")
 
 
 def labelled(record: CellRecord, hpset: str) -> CellRecord:
     """record as if run under hyper-parameter set hpset (its own learning rate, so its own key)."""
-    cfg = record.config
-    record.config = make_cell(cfg.task, cfg.model, cfg.length, seed=cfg.seed,
-                              lr={"fast": 1e-2, "slow": 1e-3}[hpset])
-    record.key, record.hpset = record.config.key(), hpset
+    cfg = make_cell(record.task, record.family, record.length, seed=record.seed,
+                    lr={"fast": 1e-2, "slow": 1e-3}[hpset])
+    record.config, record.key_payload, record.key = cfg.to_dict(), cfg.payload(), cfg.key()
+    record.hpset = hpset
     return record
 
 
@@ -357,7 +363,7 @@ def test_reports_show_the_best_hyper_parameter_set_and_every_set(tmp_path):
         labelled(fake_record("parity", "lstm", 2, None, status="oom"), "fast"),
     ]:
         store.save(record)
-    summary = bench.sweep.write_summary(store, "sets")
+    summary = write_summary(store, store.read())
     _, rows = parse_table(summary, "parity")
     assert rows == {"rnn": ["**0.950 ± 0.071 (max 1.000) [fast]**"], "lstm": ["0.600 [slow]"]}
     assert "best of 2 hyper-parameter sets per cell" in summary

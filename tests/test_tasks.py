@@ -7,11 +7,11 @@ import pytest
 import torch
 from conftest import perfect_outputs, sample
 
-from bench.strict import ConfigError
-from tasks import TASKS, get_task
-from tasks.adding import Adding
-from tasks.copy_memory import CopyMemory
-from tasks.parity import Parity
+from seqbench.strict import ConfigError
+from seqbench.tasks import TASKS, get_task
+from seqbench.tasks.adding import Adding
+from seqbench.tasks.copy_memory import CopyMemory
+from seqbench.tasks.parity import Parity
 
 
 def lengths_for(task) -> list[int]:

@@ -8,12 +8,12 @@ import pytest
 import torch
 from conftest import perfect_outputs, sample
 
-from bench.strict import ConfigError
-from tasks import TASKS, get_task
-from tasks.delay import Delay
-from tasks.reverse import Reverse
-from tasks.selective_copy import SelectiveCopy
-from tasks.temporal_order import TemporalOrder, windows
+from seqbench.strict import ConfigError
+from seqbench.tasks import TASKS, get_task
+from seqbench.tasks.delay import Delay
+from seqbench.tasks.reverse import Reverse
+from seqbench.tasks.selective_copy import SelectiveCopy
+from seqbench.tasks.temporal_order import TemporalOrder, windows
 
 MEMORY_TASKS = ["selective_copy", "delay", "reverse", "temporal_order"]
 

@@ -11,14 +11,14 @@ import pytest
 import torch
 from conftest import perfect_outputs, sample
 
-from bench.strict import ConfigError
-from tasks import TASKS, get_task
-from tasks.assoc_recall import N_KEYS, N_VALUES, AssocRecall
-from tasks.cycle_nav import CycleNav
-from tasks.dyck import Dyck, dyck_shapes, partners
-from tasks.even_pairs import EvenPairs
-from tasks.induction import TRIGGER, Induction
-from tasks.mod_arith import ModArith, evaluate
+from seqbench.strict import ConfigError
+from seqbench.tasks import TASKS, get_task
+from seqbench.tasks.assoc_recall import N_KEYS, N_VALUES, AssocRecall
+from seqbench.tasks.cycle_nav import CycleNav
+from seqbench.tasks.dyck import Dyck, dyck_shapes, partners
+from seqbench.tasks.even_pairs import EvenPairs
+from seqbench.tasks.induction import TRIGGER, Induction
+from seqbench.tasks.mod_arith import ModArith, evaluate
 
 NEW = ("assoc_recall", "induction", "even_pairs", "cycle_nav", "mod_arith", "dyck")
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 from conftest import make_cell
 
-from bench.config import CellConfig
-from bench.models import FAMILIES, build_model, count_parameters
-from bench.record import STATUSES, CellRecord, CorruptRecord
-from bench.strict import ConfigError
-from bench.train import run_cell
-from tasks import TASKS, get_task
-from tasks.parity import Parity
+from seqbench.cell.config import CellConfig
+from seqbench.cell.record import STATUSES, CellRecord, CorruptRecord
+from seqbench.cell.train import run_cell
+from seqbench.models import FAMILIES, build_model, count_parameters
+from seqbench.strict import ConfigError
+from seqbench.tasks import TASKS, get_task
+from seqbench.tasks.parity import Parity
 
 # Easy instances every family solves well within these budgets (at most ~1/3 of the steps used
 # across several seeds when the suite was written); training stops at the first solved evaluation.
@@ -116,7 +116,7 @@ def test_record_fields():
     task = get_task("copy")
     torch.manual_seed(0)
     model = build_model("lstm", task.io, cfg.params, cfg.hparams, 25)
-    assert record.key == cfg.key() and record.config == cfg
+    assert record.key == cfg.key() and record.config == cfg.to_dict()
     assert record.seq_len == 25
     assert record.params_actual == count_parameters(model)
     assert record.model_info == {"width": model.info["width"]}
@@ -135,7 +135,8 @@ def test_record_round_trips_through_json():
     record = run_cell(make_cell("adding", "tcn", 4, hparams={"kernel_size": 3}))
     back = CellRecord.from_dict(json.loads(json.dumps(record.to_dict())))
     assert back == record
-    assert back.config.hparams == record.config.hparams and back.key == record.config.key()
+    assert back.config["hparams"] == {"kernel_size": 3, "levels": 0, "dropout": 0.0}
+    assert back.key == CellConfig.from_dict(back.config).key()
 
 
 def test_edited_record_is_corrupt():

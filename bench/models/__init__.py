@@ -4,10 +4,10 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from bench.models import lru, recurrent, tcn, transformer
-from bench.models.base import Family, SequenceModel, count_parameters, state_bytes
-from bench.strict import check_choice, from_mapping
-from tasks.base import IOSpec
+from seqbench.models import lru, recurrent, tcn, transformer
+from seqbench.models.base import Family, SequenceModel, count_parameters, state_bytes
+from seqbench.strict import check_choice, from_mapping
+from seqbench.tasks.base import IOSpec
 
 FAMILIES: dict[str, Family] = {
     f.name: f for module in (recurrent, tcn, transformer, lru) for f in module.FAMILIES

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tasks.base import IOSpec
+from seqbench.tasks.base import IOSpec
 
 
 @dataclass
@@ -107,13 +107,16 @@ def search_width(io: IOSpec, budget: int, make: Callable[[int], Core]) -> int:
 @dataclass(frozen=True)
 class Family:
     """A registered model family: build(io, width, hp, max_len) -> Core for one width; fit(io,
-    budget, hp, max_len) -> Core sized to the budget (default: search the width)."""
+    budget, hp, max_len) -> Core sized to the budget (default: search the width). version: bump it
+    whenever the family's computation or initialisation changes; it is part of every cell key, so
+    records of the old definition are never reused (like Task.version)."""
 
     name: str
     summary: str
     hparams: type
     build: Callable[[IOSpec, int, Any, int], Core]
     fit: Callable[[IOSpec, int, Any, int], Core] | None = None
+    version: int = 1
 
     def sized(self, io: IOSpec, budget: int, hp: Any, max_len: int) -> Core:
         if self.fit is not None:

@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.models.base import Core, Family
-from bench.strict import require
+from seqbench.models.base import Core, Family
+from seqbench.strict import require
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.models.base import Core, Family
-from bench.strict import added, require
+from seqbench.models.base import Core, Family
+from seqbench.strict import added, require
 
 NO_STREAMING = (
     "a bidirectional model has no streaming step: its backward direction starts at the last "

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from bench.models.base import Core, Family
-from bench.strict import require
+from seqbench.models.base import Core, Family
+from seqbench.strict import require
 
 
 @dataclass(frozen=True)

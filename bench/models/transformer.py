@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.models.base import Core, Family, SequenceModel, count_parameters, search_width
-from bench.strict import check_choice, require
+from seqbench.models.base import Core, Family, SequenceModel, count_parameters, search_width
+from seqbench.strict import check_choice, require
 
 
 @dataclass(frozen=True)

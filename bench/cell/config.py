@@ -1,0 +1,144 @@
+"""The frozen, typed configuration of one cell and its stable key.
+
+A cell is (task, model, length, seed, parameter budget, training and model hyper-parameters,
+device). Its key hashes the full config together with the task's and the model family's definition
+versions (payload()), so a stored record is reused only for exactly the same experiment run by the
+same definitions; the record stores that payload, so readers check the key without this module.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from seqbench.models import get_family, parse_hparams
+from seqbench.strict import (
+    ConfigError,
+    added,
+    check_choice,
+    from_mapping,
+    key_payload,
+    require,
+    setting,
+    stable_key,
+)
+from seqbench.tasks import TASKS, get_task
+
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation of one cell: fresh batches every step (infinite data), AdamW, clipping."""
+
+    steps: int = setting(1000, "step budget (optimiser steps)")
+    batch_size: int = setting(32, "training sequences per step")
+    lr: float = setting(1e-3, "AdamW learning rate")
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    clip: float = setting(1.0, "max global gradient norm; 0 disables clipping")
+    eval_every: int = setting(100, "steps between held-out evaluations (and early-stop checks)")
+    eval_samples: int = setting(512, "size of each separately seeded held-out set")
+
+    def validate(self, where: str) -> None:
+        p = f"{where}." if where else ""
+        for name in ("steps", "batch_size", "eval_every", "eval_samples"):
+            value = getattr(self, name)
+            require(value >= 1, p + name, f"must be >= 1, got {value}")
+        require(self.lr > 0, p + "lr", f"must be > 0, got {self.lr}")
+        require(self.weight_decay >= 0, p + "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(self.clip >= 0, p + "clip", f"must be >= 0 (0 disables), got {self.clip}")
+
+
+TRAIN_LENGTHS = ("range", "fixed")
+
+
+@dataclass(frozen=True)
+class Generalise:
+    """Length generalisation (Delétang et al. 2022, "Neural Networks and the Chomsky Hierarchy").
+
+    With N the cell's length: train on a length drawn uniformly from the task's valid lengths in
+    min_length..N at every step ("range", their protocol) or on N alone ("fixed"), for the whole
+    step budget (no early stop: in-distribution success says nothing about longer lengths); then
+    score `samples` held-out sequences at each of `lengths` (all longer than N). The cell's
+    headline is the mean over those lengths; each length's score is kept too.
+    """
+
+    lengths: tuple[int, ...] = field(metadata={"help": "test lengths, all longer than N"})
+    train: str = setting("range", "training lengths: uniform over the valid lengths up to N "
+                         "(range) or N alone (fixed)", choices=TRAIN_LENGTHS)
+    samples: int = setting(512, "held-out sequences per test length")
+
+    def validate(self, where: str) -> None:
+        p = f"{where}." if where else ""
+        check_choice(p + "train", self.train, TRAIN_LENGTHS)
+        require(self.samples >= 1, p + "samples", f"must be >= 1, got {self.samples}")
+        require(list(self.lengths) == sorted(set(self.lengths)), p + "lengths",
+                f"must be strictly increasing, got {list(self.lengths)}")
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    task: str = field(metadata={"help": "task name (seqbench list)"})
+    model: str = field(metadata={"help": "model family name (seqbench list)"})
+    length: int = field(metadata={"help": "the task's length N (its meaning: seqbench list)"})
+    seed: int = setting(0, "seed of initialisation and of the data streams")
+    params: int = setting(20_000, "parameter budget shared by all models (+-10%)")
+    device: str = setting("cpu", "device", choices=DEVICES)
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "optimisation"})
+    hparams: Any = field(default=None, metadata={
+        "help": "the model family's hyper-parameters (a mapping is parsed strictly)"})
+    generalise: Generalise | None = added(None, "length-generalisation protocol, if any")
+
+    def __post_init__(self):
+        task = get_task(self.task)
+        family = get_family(self.model)
+        task.check_length(self.length)
+        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        require(self.params >= 100, "params", f"must be >= 100, got {self.params}")
+        check_choice("device", self.device, DEVICES)
+        if type(self.hparams) is not family.hparams:
+            object.__setattr__(self, "hparams", parse_hparams(self.model, self.hparams))
+        if self.generalise is not None:
+            if not isinstance(self.generalise, Generalise):
+                object.__setattr__(
+                    self, "generalise", from_mapping(Generalise, self.generalise, "generalise"))
+            for i, n in enumerate(self.generalise.lengths):
+                field_name = f"generalise.lengths[{i}]"
+                task.check_length(n, field=field_name)
+                require(n > self.length, field_name,
+                        f"must be longer than the training length {self.length}, got {n}")
+        if getattr(self.hparams, "bidirectional", False) and not task.bidirectional_ok:
+            allowed = sorted(n for n, cls in TASKS.items() if cls.bidirectional_ok)
+            raise ConfigError(
+                f"hparams.bidirectional: task {self.task!r} is causal (outputs are due step by "
+                f"step), so a bidirectional model would read its answers; allowed only on: "
+                f"{', '.join(allowed) or '(none)'}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CellConfig:
+        """Parse a plain mapping strictly (as stored in records or written in TOML)."""
+        return from_mapping(cls, data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def train_lengths(self) -> list[int]:
+        """Lengths a training batch may have: N alone, or the task's valid lengths up to N."""
+        if self.generalise is None or self.generalise.train == "fixed":
+            return [self.length]
+        task = get_task(self.task)
+        return [n for n in range(task.min_length, self.length + 1) if task.accepts(n)]
+
+    def max_length(self) -> int:
+        """The longest length the model will see (it is built for this many steps)."""
+        return max(self.generalise.lengths) if self.generalise else self.length
+
+    def payload(self) -> dict[str, Any]:
+        """What the key hashes: the config (added() fields at their default left out) and the
+        current definition versions of its task and model family."""
+        return {"config": key_payload(self), "task_version": get_task(self.task).version,
+                "model_version": get_family(self.model).version}
+
+    def key(self) -> str:
+        """Stable 16-hex-digit hash of payload()."""
+        return stable_key(self.payload())

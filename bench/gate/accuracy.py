@@ -1,0 +1,320 @@
+"""The accuracy gate: the cells of a run against a baseline's, matched by key, with a verdict a CI
+job can act on (exit 0 clean, 1 regression, 2 unusable input). Torch-free: it reads records only.
+
+Cells are matched by key (the hash of the full config and the task's and model family's definition
+versions), so only the same experiment is ever compared. A matched cell regresses when its score
+drops by more than a tolerance (absolute, default 0.02, per task with `--tolerance parity=0.05` or a
+TOML file), when it was solved and no longer is, when its status changes to diverged, error or oom,
+or when its stored score is impossible (not a number in [0, 1]). A baseline cell missing from the
+current run is a regression; a new cell is reported, never a failure. Unusable input exits 2 with a
+message naming the problem: a folder without cell records, a file that is not a trustworthy record
+(named with its path and reason), no cell in common, or the same (task, model, length, seed) stored
+under different task or model definition versions (the definition changed: the two runs are
+incomparable, and the baseline has to be regenerated). On CPU the same seed and thread count give
+identical scores, so the seeded smoke sweep is gated exactly (results/baseline/ holds its records).
+"""
+from __future__ import annotations
+
+import math
+import tomllib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from seqbench.cell.record import FAILED, CellRecord
+from seqbench.fileio import atomic_write
+from seqbench.results.store import Problem, Store
+from seqbench.strict import ConfigError, check_choice, require
+
+console = Console()
+
+DEFAULT_TOLERANCE = 0.02  # absolute score drop allowed per cell
+EPS = 1e-12  # float slack when comparing a score drop with its tolerance
+
+
+@dataclass
+class Run:
+    """One side of the comparison: its trustworthy records by key and its impossible scores
+    (well-formed records whose score is not in [0, 1]) by key."""
+
+    root: Path
+    records: dict[str, CellRecord]
+    impossible: dict[str, Problem]
+
+
+def load_run(root: str | Path, role: str) -> Run:
+    """The records of root/cells; raises ConfigError (exit 2) naming the first untrustworthy file
+    (an impossible score in the current run is a regression instead: see compare_accuracy)."""
+    root = Path(root)
+    require(root.is_dir(), f"--{role}", f"{root} is not a folder")
+    loaded = Store(root).read()
+    impossible = {p.key: p for p in loaded.problems if p.invalid_value and p.key}
+    unusable = [p for p in loaded.problems
+                if not (role == "current" and p.invalid_value and p.key)]
+    if unusable:
+        raise ConfigError(f"--{role}: {len(unusable)} stored file(s) cannot be trusted, e.g. "
+                          f"{unusable[0]}; the gate judges only whole runs (remove or regenerate "
+                          "them)")
+    if not loaded.records and not impossible:
+        raise ConfigError(f"--{role}: no cell records in {root / 'cells'}; expected a sweep "
+                          "folder such as results/smoke")
+    return Run(root, loaded.records, impossible)
+
+
+def slot(record: CellRecord) -> tuple[str, str, int, int]:
+    return record.task, record.model_name, record.length, record.seed
+
+
+def _slot_name(s: tuple) -> str:
+    return f"{s[0]}/{s[1]}/L={s[2]}/seed {s[3]}"
+
+
+def check_comparable(base: dict[str, CellRecord], cur: dict[str, CellRecord],
+                     cur_keys: set[str]) -> None:
+    """Raise ConfigError for inputs that cannot be gated: a task or model definition that changed
+    between the runs, or no cell in common."""
+    cur_versions = defaultdict(set)
+    for r in cur.values():
+        cur_versions[slot(r)].add((r.task_version, r.model_version))
+    conflicts = defaultdict(list)
+    for key, r in base.items():
+        versions = cur_versions.get(slot(r), set())
+        if key not in cur_keys and versions and (r.task_version, r.model_version) not in versions:
+            conflicts[(r.task, r.family, r.task_version, r.model_version, min(versions))].append(
+                slot(r))
+    if conflicts:
+        (task, family, tv, mv, (ctv, cmv)), slots = next(iter(sorted(conflicts.items())))
+        what = (f"task {task!r} has task_version {tv} in the baseline and {ctv} in the current run"
+                if tv != ctv else f"model {family!r} has model_version {mv} in the baseline and "
+                f"{cmv} in the current run")
+        total = sum(len(v) for v in conflicts.values())
+        raise ConfigError(
+            f"incomparable definitions: {what} (e.g. {_slot_name(slots[0])}; {total} cell(s) in "
+            "all); scores of different definitions cannot be compared: regenerate the baseline "
+            "(seqbench gate --update-baseline --current DIR --why ...)")
+    if not set(base) & cur_keys:
+        b = next(iter(base.values()))
+        raise ConfigError(
+            f"no cell in common: the baseline's {len(base)} cell(s) and the current run's "
+            f"{len(cur_keys)} share no key (config + definition versions); e.g. baseline "
+            f"{_slot_name(slot(b))} key {b.key}. Were they run with different settings or presets?")
+
+
+# --------------------------------------------------------------------------------------------
+# tolerances and comparison
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    default: float = DEFAULT_TOLERANCE
+    per_task: dict = field(default_factory=dict)
+
+    def __call__(self, task: str) -> float:
+        return self.per_task.get(task, self.default)
+
+    def describe(self) -> str:
+        extra = ", ".join(f"{t} {v:g}" for t, v in sorted(self.per_task.items()))
+        return f"{self.default:g}" + (f" ({extra})" if extra else "")
+
+
+def _tolerance_value(field_name: str, value) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+    require(ok and math.isfinite(value), field_name, f"must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def parse_tolerances(specs: list[str], file: str | None, tasks) -> Tolerances:
+    """Tolerances from an optional TOML file (`default = 0.02`, `parity = 0.05`, ...) and then
+    --tolerance options (`0.03` for the default, `TASK=X` per task), later ones winning; a task
+    must be one of `tasks` (those of the runs compared)."""
+    values: dict[str, float] = {}
+    if file:
+        try:
+            data = tomllib.loads(Path(file).read_text())
+        except OSError as exc:
+            raise ConfigError(f"--tolerance-file: cannot read {file}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"--tolerance-file: {file} is not valid TOML: {exc}") from None
+        for name, value in data.items():
+            check_choice(f"--tolerance-file {file} key", name, [*tasks, "default"])
+            values[name] = _tolerance_value(f"--tolerance-file {name}", value)
+    for spec in specs:
+        name, sep, text = spec.rpartition("=")
+        name = name.strip() if sep else "default"
+        if sep:
+            check_choice("--tolerance task", name, tasks)
+        try:
+            number = float(text)
+        except ValueError:
+            raise ConfigError(
+                f"--tolerance: expected X or TASK=X with a number X, got {spec!r}") from None
+        values[name] = _tolerance_value(f"--tolerance {spec}", number)
+    default = values.pop("default", DEFAULT_TOLERANCE)
+    return Tolerances(default, values)
+
+
+@dataclass
+class CellDiff:
+    verdict: str  # regression, missing, new, within tolerance, improved, changed
+    slot: tuple
+    key: str
+    baseline: CellRecord | None
+    current: CellRecord | None
+    delta: float | None = None
+    tolerance: float | None = None
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def regression(self) -> bool:
+        return self.verdict in ("regression", "missing")
+
+
+@dataclass
+class AccuracyResult:
+    diffs: list[CellDiff]
+    compared: int
+    identical: int
+    tolerances: Tolerances
+
+    @property
+    def regressions(self) -> list[CellDiff]:
+        return [d for d in self.diffs if d.regression]
+
+    def count(self, verdict: str) -> int:
+        return sum(d.verdict == verdict for d in self.diffs)
+
+
+def _score(r: CellRecord | None) -> str:
+    if r is None:
+        return "-"
+    return f"{r.status} {'-' if r.score is None else f'{r.score:.3f}'}"
+
+
+def compare_cell(b: CellRecord, c: CellRecord, tol: float) -> CellDiff:
+    diff = CellDiff("same", slot(b), b.key, b, c, tolerance=tol)
+    if b.score is not None and c.score is not None:
+        diff.delta = c.score - b.score
+    if b.score is not None and c.score is None:
+        diff.reasons.append("no score now")
+    elif diff.delta is not None and -diff.delta > tol + EPS:
+        diff.reasons.append(f"score {b.score:.3f} -> {c.score:.3f} (drop {-diff.delta:.3f} > "
+                            f"{tol:g})")
+    if b.solved and not c.solved:
+        diff.reasons.append("no longer solved")
+    if c.status in FAILED and c.status != b.status:
+        diff.reasons.append(f"status {b.status} -> {c.status}")
+    if diff.reasons:
+        diff.verdict = "regression"
+    elif diff.delta is not None and diff.delta < 0:
+        diff.verdict = "within tolerance"
+    elif (diff.delta or 0) > 0 or (c.solved and not b.solved):
+        diff.verdict = "improved"
+    elif b.status != c.status or b.score != c.score:
+        diff.verdict = "changed"
+    return diff
+
+
+ORDER = ("regression", "missing", "within tolerance", "changed", "improved", "new")
+
+
+def compare_accuracy(base: Run, cur: Run, tolerances: Tolerances) -> AccuracyResult:
+    """Cell by cell, matched by key; raises ConfigError for incomparable inputs. A current record
+    whose stored score is impossible regresses its baseline cell."""
+    cur_keys = set(cur.records) | set(cur.impossible)
+    check_comparable(base.records, cur.records, cur_keys)
+    diffs, identical = [], 0
+    for key in sorted(set(base.records) | set(cur.records)):
+        b, c = base.records.get(key), cur.records.get(key)
+        if c is None and key in cur.impossible:
+            diffs.append(CellDiff("regression", slot(b), key, b, None, reasons=[
+                f"impossible score stored: {cur.impossible[key].reason}"]))
+        elif c is None:
+            diffs.append(CellDiff("missing", slot(b), key, b, None, reasons=["not in current run"]))
+        elif b is None:
+            diffs.append(CellDiff("new", slot(c), key, None, c, reasons=["not in the baseline"]))
+        else:
+            d = compare_cell(b, c, tolerances(b.task))
+            if d.verdict == "same":
+                identical += 1
+            else:
+                diffs.append(d)
+    diffs.sort(key=lambda d: (ORDER.index(d.verdict), d.slot, d.key))
+    compared = len(set(base.records) & cur_keys)
+    return AccuracyResult(diffs, compared, identical, tolerances)
+
+
+def _env_line(records: dict[str, CellRecord]) -> str:
+    envs = [r.env for r in records.values()]
+
+    def values(name, width=None):
+        return ", ".join(sorted({str(e.get(name))[:width] for e in envs}))
+
+    return f"torch {values('torch')}, threads {values('threads')}, commit {values('git_commit', 12)}"
+
+
+def accuracy_markdown(result: AccuracyResult, base_dir, cur_dir, base, cur) -> str:
+    ok = not result.regressions
+    lines = [
+        f"# seqbench accuracy gate: {'PASS' if ok else 'FAIL'}", "",
+        f"- baseline `{base_dir}`: {len(base)} cells ({_env_line(base)})",
+        f"- current `{cur_dir}`: {len(cur)} cells ({_env_line(cur)})",
+        (f"- compared {result.compared} cells by key: {result.identical} identical, "
+         f"{result.count('regression')} regressed, {result.count('missing')} missing, "
+         f"{result.count('new')} new; tolerance (absolute score drop) "
+         f"{result.tolerances.describe()}"),
+    ]
+    lines.append("")
+    if not result.diffs:
+        lines.append("No differences: every cell is identical.")
+    else:
+        header = "| verdict | task | model | L | seed | baseline | current | Δ score | tolerance"
+        lines += [header + " | reason |", "|---|---|---|---:|---:|---|---|---:|---:|---|"]
+        for d in result.diffs:
+            mark = f"**{d.verdict}**" if d.regression else d.verdict
+            delta = "" if d.delta is None else f"{d.delta:+.3f}"
+            tol = "" if d.tolerance is None else f"{d.tolerance:g}"
+            lines.append(f"| {mark} | {d.slot[0]} | {d.slot[1]} | {d.slot[2]} | {d.slot[3]} | "
+                         f"{_score(d.baseline)} | {_score(d.current)} | {delta} | {tol} | "
+                         f"{'; '.join(d.reasons)} |")
+    return "\n".join(lines) + "\n"
+
+
+def accuracy_table(result: AccuracyResult) -> Table:
+    table = Table(title="accuracy gate: cells that differ from the baseline")
+    for col in ("verdict", "task", "model", "L", "seed", "baseline", "current", "Δ score", "tol",
+                "reason"):
+        table.add_column(col, justify="right" if col in ("L", "seed", "Δ score", "tol") else "left")
+    for d in result.diffs:
+        style = "bold red" if d.regression else ("green" if d.verdict == "improved" else None)
+        table.add_row(d.verdict, d.slot[0], d.slot[1], str(d.slot[2]), str(d.slot[3]),
+                      _score(d.baseline), _score(d.current),
+                      "" if d.delta is None else f"{d.delta:+.3f}",
+                      "" if d.tolerance is None else f"{d.tolerance:g}", "; ".join(d.reasons),
+                      style=style)
+    return table
+
+
+def gate_accuracy(baseline, current, specs: list[str], tolerance_file: str | None = None,
+                  markdown_path=None) -> int:
+    """`seqbench gate --baseline B --current C`: compare, print, write the Markdown report."""
+    base, cur = load_run(baseline, "baseline"), load_run(current, "current")
+    tasks = {r.task for run in (base, cur) for r in run.records.values()}
+    tolerances = parse_tolerances(specs, tolerance_file, tasks)
+    result = compare_accuracy(base, cur, tolerances)
+    text = accuracy_markdown(result, baseline, current, base.records, cur.records)
+    path = Path(markdown_path) if markdown_path else Path(current) / "gate.md"
+    atomic_write(path, text)
+    if result.diffs:
+        console.print(accuracy_table(result))
+    n_reg = len(result.regressions)
+    verdict = "[bold red]FAIL[/]" if n_reg else "[bold green]PASS[/]"
+    console.print(
+        f"accuracy gate {verdict}: {result.compared} cells compared, {result.identical} identical, "
+        f"{result.count('regression')} regressed, {result.count('missing')} missing, "
+        f"{result.count('new')} new (tolerance {tolerances.describe()}); markdown: {path}")
+    return 1 if n_reg else 0
+
+

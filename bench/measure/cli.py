@@ -1,0 +1,106 @@
+"""`seqbench measure`: speed, memory, FLOPs and streaming of model points into a measurement store,
+and --check-overhead, the harness's training step against a bare PyTorch loop."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from seqbench.fileio import atomic_write, single_component
+from seqbench.options import add_options, add_threads, apply_threads, comma_list
+from seqbench.strict import parse_count, require
+
+console = Console()
+OVERHEAD_BAR = 1.05  # the harness may cost at most 5% over a bare loop
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    from seqbench.measure.point import MeasurePoint
+
+    p.add_argument("--models", help="comma-separated families (default: every family)")
+    p.add_argument("--lengths", default="64,256,1024,4096", help="comma-separated lengths")
+    add_options(p, MeasurePoint, skip=("model", "length", "seed", "hparams", "params"))
+    p.add_argument("--params", default="20k", help="parameter budget, e.g. 20000 or 20k")
+    p.add_argument("--blocks", type=int, default=7, help="timed blocks per figure (>= 5)")
+    p.add_argument("--stream", default="", help="stream positions, e.g. 1024,4096,16384")
+    p.add_argument("--no-rss", action="store_true", help="skip the fresh-process RSS figure")
+    p.add_argument("--check-overhead", action="store_true",
+                   help="compare the harness's training step with a bare PyTorch loop")
+    p.add_argument("--out", default="results", help="results root")
+    p.add_argument("--name", help="store folder name under --out (default "
+                                  "measure-<device>-<dtype>)")
+    add_threads(p, "torch's choice")
+    p.set_defaults(fn=cmd_measure)
+
+
+def point_line(record, i: int, n: int) -> None:
+    """One line about a measured point."""
+    figure = (f"train {record.train_ms:.2f} ms, infer {record.infer_ms:.2f} ms"
+              if record.status == "ok" else f"{record.status}: {record.error}")
+    p = record.point
+    print(f"[{i}/{n}] measure {p['model']} L={p['length']}: {figure}", flush=True)
+
+
+def cmd_measure(args) -> int:
+    from seqbench.cell.cli import check_device
+    from seqbench.env import environment
+    from seqbench.measure.point import MeasurePoint, matmul_peak, measure
+    from seqbench.models import FAMILIES
+    from seqbench.options import given
+    from seqbench.results.cli import print_tables
+    from seqbench.results.report import write_summary
+    from seqbench.results.store import Store
+
+    apply_threads(args.threads, None)
+    fields = given(args, MeasurePoint) | {"params": parse_count("--params", args.params)}
+    models = comma_list("--models", args.models) if args.models else list(FAMILIES)
+    points = [MeasurePoint.from_dict(fields | {"model": m, "length": n})
+              for m in models for n in comma_list("--lengths", args.lengths, int)]
+    stream = tuple(comma_list("--stream", args.stream, int)) if args.stream else ()
+    require(args.blocks >= 5, "--blocks", f"must be >= 5, got {args.blocks}")
+    device, dtype = points[0].device, points[0].dtype
+    check_device(device)
+    name = single_component("--name", args.name) if args.name else f"measure-{device}-{dtype}"
+    store = Store(Path(args.out) / name)
+    if args.check_overhead:
+        return _check_overhead(points, store)
+    import torch
+
+    peak = matmul_peak(device, dtype)
+    atomic_write(store.root / "calibration.json", json.dumps(
+        {"matmul_peak_flops_per_s": peak, "device": device, "dtype": dtype,
+         "threads": torch.get_num_threads()}, indent=1) + "\n")
+    console.print(f"matmul peak on {device} ({dtype}): {peak / 1e9:.1f} GFLOP/s")
+    for i, point in enumerate(points, 1):
+        record = measure(point, peak=peak, rss=not args.no_rss, blocks=args.blocks,
+                         stream_positions=stream)
+        store.save_measurement(record)
+        point_line(record, i, len(points))
+    loaded = store.read()
+    write_summary(store, loaded,
+                  environment(device) | {"matmul_peak_flops_per_s": peak})
+    print_tables(loaded, store.root)
+    return 0
+
+
+def _check_overhead(points, store) -> int:
+    """The harness's training step against a bare hand-written loop, side by side."""
+    from seqbench.measure.point import overhead
+
+    rows = [overhead(p) for p in points]
+    table = Table(title="harness vs bare PyTorch training step (median ms, interleaved)")
+    for col in ("model", "length", "harness ms", "bare ms", "ratio"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r["model"], str(r["length"]), f"{r['harness_ms']:.3f}",
+                      f"{r['bare_ms']:.3f}", f"{r['ratio']:.3f}")
+    console.print(table)
+    atomic_write(store.root / "overhead.json", json.dumps(rows, indent=1) + "\n")
+    worst = max(r["ratio"] for r in rows)
+    console.print(f"worst ratio {worst:.3f} (bar: <= {OVERHEAD_BAR})")
+    return 0 if worst <= OVERHEAD_BAR else 1
+
+

@@ -1,0 +1,64 @@
+"""`seqbench report` and `seqbench plot`: tables, report.html and figures from the stored records of
+a folder (never re-runs anything). Torch-free. A stored file that cannot be trusted is named with
+its reason on stderr and left out; the rest is reported."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from seqbench.results.store import Loaded, Store
+from seqbench.strict import ConfigError
+
+console = Console()
+
+
+def configure_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", help="a sweep or measurement folder")
+    p.set_defaults(fn=cmd_report)
+
+
+def configure_plot(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", help="a sweep or measurement folder; figures go to DIR/plots/")
+    p.set_defaults(fn=cmd_plot)
+
+
+def read(command: str, folder: str) -> tuple[Store, Loaded]:
+    """The store at folder, parsed once; each untrustworthy file named on stderr. ConfigError
+    where it holds no trustworthy record at all."""
+    store = Store(folder)
+    loaded = store.read()
+    for problem in loaded.problems:
+        print(f"seqbench: {command}: skipped {problem}", file=sys.stderr)
+    if not (loaded.records or loaded.measurements):
+        raise ConfigError(f"{command}: {folder} holds no stored records (no usable "
+                          f"cells/*.json or measurements/*.json)")
+    return store, loaded
+
+
+def print_tables(loaded: Loaded, root: Path) -> None:
+    from seqbench.results.report import rich_tables, tables_of
+
+    for table in rich_tables(tables_of(loaded)):
+        console.print(table)
+    console.print(f"tables: {root / 'summary.md'}, {root / 'report.html'}")
+
+
+def cmd_report(args) -> int:
+    from seqbench.results.report import write_summary
+
+    store, loaded = read("report", args.dir)
+    write_summary(store, loaded)
+    print_tables(loaded, store.root)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from seqbench.results.plots import plot_folder  # matplotlib and seaborn load only here
+
+    store, loaded = read("plot", args.dir)
+    for path in plot_folder(store.root, loaded):
+        print(path)
+    return 0

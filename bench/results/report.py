@@ -1,0 +1,161 @@
+"""Reports from stored records only: summary.md, report.html and the tables printed in a terminal,
+all from seqbench.results.tables (never re-runs training or measurement). Torch-free."""
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from seqbench.fileio import atomic, atomic_write
+from seqbench.results.store import (
+    Loaded,
+    Store,
+    cell_frame,
+    generalisation_frame,
+    measurement_frame,
+)
+from seqbench.results.tables import PivotTable, all_tables
+
+
+def markdown(tables: list[PivotTable], title: str) -> str:
+    lines = [f"# {title}", ""]
+    for t in tables:
+        marked = ". Best per column in bold." if t.best else "."
+        lines += [f"## {t.title}", "", t.caption + marked, ""]
+        lines.append("| model | " + " | ".join(t.columns) + " |")
+        lines.append("|---|" + "---:|" * len(t.columns))
+        for row in t.rows:
+            cells = []
+            for col in t.columns:
+                cell = t.text.get((row, col), "")
+                cells.append(f"**{cell}**" if (row, col) in t.best else cell)
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def rich_tables(tables: list[PivotTable]) -> list[Group]:
+    """One renderable per table: its caption line, then the table."""
+    out = []
+    for t in tables:
+        table = Table()
+        table.add_column("model")
+        for col in t.columns:
+            table.add_column(col, justify="right")
+        for row in t.rows:  # Text, not markup: "[set]" labels must print as they are
+            table.add_row(Text(row), *(
+                Text(t.text.get((row, col), ""),
+                     style="bold green" if (row, col) in t.best else "")
+                for col in t.columns
+            ))
+        out.append(Group(Text(t.caption, style="bold"), table))
+    return out
+
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
+       max-width: 72rem; padding: 0 1rem; color: #1d2125; line-height: 1.45; }
+h1 { font-size: 1.5rem; } h2 { font-size: 1.15rem; margin-top: 2.2rem; }
+p.caption { color: #4a5259; font-size: 0.9rem; margin: 0.3rem 0 0.6rem; }
+table { border-collapse: collapse; font-size: 0.88rem; margin-bottom: 0.5rem; }
+th, td { border-bottom: 1px solid #d8dde2; padding: 0.3rem 0.7rem; }
+th { background: #f2f4f6; text-align: right; } th:first-child, td:first-child { text-align: left; }
+td { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.best { font-weight: 700; color: #0b6b3a; }
+figure { margin: 1.5rem 0; } figure img { max-width: 100%; border: 1px solid #e3e6e9; }
+figcaption { font-size: 0.85rem; color: #4a5259; }
+dl.env { display: grid; grid-template-columns: max-content auto; gap: 0.1rem 1rem;
+         font-size: 0.85rem; } dl.env dt { color: #4a5259; } dl.env dd { margin: 0; }
+code { background: #f2f4f6; padding: 0 0.25rem; }
+"""
+ENV_KEYS = ("seqbench", "git_commit", "torch", "python", "device", "gpu", "cpu", "executor",
+            "workers", "threads")
+
+
+def html_report(tables: list[PivotTable], title: str, figures: list[Path],
+                env: dict | None = None) -> str:
+    """One self-contained HTML page: inline CSS, the tables (best per column in bold), and each
+    PNG figure embedded as base64; no external resources. figures are the PNGs already made by
+    `seqbench plot` (a report never makes figures)."""
+    esc = html.escape
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           '<meta name="viewport" content="width=device-width, initial-scale=1">',
+           f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
+           f"<h1>{esc(title)}</h1>",
+           "<p>Tables and figures from the stored records of this folder only.</p>"]
+    shown = {k: env[k] for k in ENV_KEYS if env and env.get(k) is not None}
+    if shown:
+        out.append('<dl class="env">' + "".join(
+            f"<dt>{esc(k)}</dt><dd>{esc(str(v))}</dd>" for k, v in shown.items()) + "</dl>")
+    for t in tables:
+        out += [f"<h2>{esc(t.title)}</h2>",
+                f'<p class="caption">{esc(t.caption)}. Best per column in bold.</p>',
+                "<table><thead><tr><th>model</th>"
+                + "".join(f"<th>{esc(c)}</th>" for c in t.columns) + "</tr></thead><tbody>"]
+        for row in t.rows:
+            cells = "".join(
+                f'<td{" class=best" if (row, col) in t.best else ""}>'
+                f"{esc(t.text.get((row, col), ''))}</td>" for col in t.columns)
+            out.append(f"<tr><td>{esc(row)}</td>{cells}</tr>")
+        out.append("</tbody></table>")
+    out.append("<h2>figures</h2>")
+    if figures:
+        for path in figures:
+            data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+            out.append(f'<figure><img alt="{esc(path.stem)}" src="data:image/png;base64,{data}">'
+                       f"<figcaption>{esc(path.name)}</figcaption></figure>")
+    else:
+        out.append("<p>No figures yet: run <code>seqbench plot DIR</code>, then "
+                   "<code>seqbench report DIR</code> again to embed them.</p>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def tables_of(loaded: Loaded) -> list[PivotTable]:
+    """Every table of a store's parsed records."""
+    records = loaded.records.values()
+    return all_tables(cell_frame(records), generalisation_frame(records),
+                      measurement_frame(loaded.measurements.values()))
+
+
+def _write_parquet(frame, path: Path) -> None:
+    """frame as parquet where pyarrow is importable; nothing otherwise."""
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return
+    atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
+def title(store: Store, loaded: Loaded) -> str:
+    """The page title of a folder: a sweep's, or a measurement folder's."""
+    kind = "sweep" if loaded.records else "measurements"
+    return f"seqbench {kind} {store.root.name}"
+
+
+def write_summary(store: Store, loaded: Loaded, env: dict | None = None) -> str:
+    """Regenerate, from the parsed records only: results.csv, measurements.csv, env.json,
+    summary.md, report.html (the same tables, plus the figures found in plots/), and
+    results.parquet / measurements.parquet where pyarrow is installed.
+
+    env defaults to the environment stored in the first record (reports never re-measure).
+    """
+    if env is None:
+        first = next(iter([*loaded.records.values(), *loaded.measurements.values()]), None)
+        env = first.env if first is not None else {}
+    store.write_tables(loaded, env)
+    tables, name = tables_of(loaded), title(store, loaded)
+    text = markdown(tables, name) if tables else f"# {name}\n\nNo records.\n"
+    atomic_write(store.root / "summary.md", text)
+    figures = sorted((store.root / "plots").glob("*.png"))
+    atomic_write(store.root / "report.html", html_report(tables, name, figures, env))
+    if loaded.records:
+        _write_parquet(cell_frame(loaded.records.values()), store.root / "results.parquet")
+    if loaded.measurements:
+        _write_parquet(measurement_frame(loaded.measurements.values()),
+                       store.root / "measurements.parquet")
+    return text

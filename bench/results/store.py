@@ -1,0 +1,176 @@
+"""The results store of one sweep: a folder of JSON records plus the tables derived from them.
+Torch-free: every command that only reads results goes through Store.read(), the one loader.
+
+Layout of results/<name>/: cells/<task>_<model>_L<length>_s<seed>_<key>.json (one per cell, written
+atomically: seqbench.fileio.atomic), results.csv (tidy, one row per cell), generalisation.csv (one
+row per length-generalisation cell and test length), env.json, summary.md, report.html; for speed
+and memory, measurements/<model>_L<length>_<key>.json (one per measured point), measurements.csv,
+calibration.json (this machine's matmul peak).
+
+Reading validates every file (CellRecord.from_dict, MeasureRecord.from_dict): a file that is not
+JSON, not an object, of another schema, with a value of the wrong type or range, or whose key does
+not match its payload or its file name is never trusted. Store.read() returns such files as
+problems, each with its path and reason; commands decide what that means (report and plot skip and
+name them, the gate refuses to judge).
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from seqbench.cell.record import CellRecord, CorruptRecord, InvalidValue
+from seqbench.fileio import atomic_write
+from seqbench.measure.record import MeasureRecord
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A stored file that could not be trusted, and why."""
+
+    path: Path
+    reason: str
+    invalid_value: bool = False  # well-formed, but an impossible result (a score out of range)
+    key: str | None = None  # the key in the file name, where it has one
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass
+class Loaded:
+    """Everything a store holds, parsed once: records by key, measurements by key, problems."""
+
+    records: dict[str, CellRecord] = field(default_factory=dict)
+    measurements: dict[str, MeasureRecord] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise CorruptRecord("not a text file") from None
+    except json.JSONDecodeError as exc:
+        raise CorruptRecord(f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def _key_in_name(path: Path) -> str:
+    return path.stem.rpartition("_")[2]
+
+
+class Store:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.cells = self.root / "cells"
+        self.measurements = self.root / "measurements"
+
+    def path_for(self, record: CellRecord) -> Path:
+        return self.cells / (f"{record.task}_{record.family}_L{record.length}_s{record.seed}_"
+                             f"{record.key}.json")
+
+    def save(self, record: CellRecord) -> Path:
+        path = self.path_for(record)
+        atomic_write(path, json.dumps(record.to_dict(), indent=1, sort_keys=True) + "\n")
+        return path
+
+    def save_measurement(self, record: MeasureRecord) -> Path:
+        """Store a measurement (a new measurement of a point replaces the old)."""
+        p = record.point
+        path = self.measurements / f"{p['model']}_L{p['length']}_{record.key}.json"
+        atomic_write(path, json.dumps(record.to_dict(), indent=1, sort_keys=True) + "\n")
+        return path
+
+    def read(self) -> Loaded:
+        """Every stored record and measurement, validated; the files that fail, as problems."""
+        out = Loaded()
+        for folder, parse, into in ((self.cells, CellRecord.from_dict, out.records),
+                                    (self.measurements, MeasureRecord.from_dict, out.measurements)):
+            for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+                try:
+                    record = parse(_read_json(path))
+                    if _key_in_name(path) != record.key:
+                        raise CorruptRecord(f"file name does not match the record's key "
+                                            f"{record.key}")
+                except OSError as exc:
+                    out.problems.append(Problem(path, f"cannot read: {exc.strerror}"))
+                    continue
+                except CorruptRecord as exc:
+                    out.problems.append(Problem(path, str(exc), isinstance(exc, InvalidValue),
+                                                _key_in_name(path)))
+                    continue
+                into[record.key] = record
+        return out
+
+    def load(self) -> dict[str, CellRecord]:
+        """The trustworthy cell records by key (a warning names each file skipped); commands use
+        read() instead, which returns the problems."""
+        loaded = self.read()
+        for problem in loaded.problems:
+            warnings.warn(f"ignoring unusable record {problem}", stacklevel=2)
+        return loaded.records
+
+    def write_tables(self, loaded: Loaded, env: dict) -> None:
+        """Write results.csv, generalisation.csv and measurements.csv (where there are any) and
+        env.json from the stored records."""
+        for name, frame in (("results.csv", cell_frame(loaded.records.values())),
+                            ("generalisation.csv", generalisation_frame(loaded.records.values())),
+                            ("measurements.csv", measurement_frame(loaded.measurements.values()))):
+            if not frame.empty:
+                atomic_write(self.root / name, frame.to_csv(index=False))
+        atomic_write(self.root / "env.json", json.dumps(env, indent=1, sort_keys=True) + "\n")
+
+
+def row(record: CellRecord) -> dict:
+    """One tidy row: config fields flattened, scalar results, no history or gradient flow."""
+    cfg = record.config
+    flat = {
+        "key": record.key, "task": record.task, "model": record.model_name,
+        "family": record.family, "length": record.length, "seed": record.seed,
+        "params_budget": cfg.get("params"), "device": cfg.get("device"), "hpset": record.hpset,
+        **{f"train.{k}": v for k, v in sorted((cfg.get("train") or {}).items())},
+        **{f"hp.{k}": v for k, v in sorted((cfg.get("hparams") or {}).items())},
+    }
+    g = cfg.get("generalise")
+    if g is not None:
+        flat |= {"generalise.train": g["train"], "generalise.samples": g["samples"],
+                 "generalise.lengths": " ".join(map(str, g["lengths"]))}
+    skip = {"key", "config", "key_payload", "history", "grad_flow", "env", "model_info",
+            "schema", "hpset", "variant", "ood_scores", "ood_chance"}
+    results = {k: v for k, v in record.to_dict().items() if k not in skip}
+    info = {f"info.{k}": v for k, v in sorted(record.model_info.items())}
+    return flat | results | info
+
+
+def _order(r) -> tuple:
+    return r.task, r.family, r.length, r.seed, r.key
+
+
+def cell_frame(records) -> pd.DataFrame:
+    """Tidy table of cell records, one row per cell, in a fixed order (task, family, length,
+    seed, key), so the same records always give the same table."""
+    return pd.DataFrame([row(r) for r in sorted(records, key=_order)])
+
+
+def generalisation_frame(records) -> pd.DataFrame:
+    """Tidy scores of length-generalisation cells, one row per (cell, test length)."""
+    rows = []
+    for r in sorted(records, key=_order):
+        g = r.config.get("generalise")
+        if g is None:
+            continue
+        base = {"key": r.key, "task": r.task, "model": r.model_name, "hpset": r.hpset,
+                "seed": r.seed, "train_length": r.length, "status": r.status}
+        chance = r.ood_chance or [None] * len(g["lengths"])
+        rows += [base | {"length": n, "score": s, "chance": c}
+                 for n, s, c in zip(g["lengths"], r.ood_scores, chance, strict=False)]
+    return pd.DataFrame(rows)
+
+
+def measurement_frame(measurements) -> pd.DataFrame:
+    """Tidy table of measurements, one row per point, in a fixed order."""
+    return pd.DataFrame([m.row() for m in sorted(
+        measurements, key=lambda m: (m.point["model"], m.point["length"], m.key))])

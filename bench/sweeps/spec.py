@@ -1,0 +1,243 @@
+"""Sweep files: a strict TOML grid of tasks x models x lengths x hyper-parameter sets x seeds,
+parsed and validated whole before anything runs (seqbench.sweeps.driver runs it).
+
+Hyper-parameter sets (`[hpsets.NAME]`, optional) are named overrides of the training settings
+(TrainConfig fields), applied on top of `[train]` and `[task_train.TASK]`; every set is one more
+grid dimension. The settings a set gives are part of each cell's config, so they enter its key
+like any other setting; the set's name is only a label, stored in each record's `hpset` field
+(not hashed), so a sweep without sets keeps exactly the keys it had before sets existed.
+
+Model variants (`[variants.NAME]`, optional) name a family with its own hyper-parameters (for
+example a Transformer with RoPE), optionally limited to some tasks (a bidirectional LSTM only where
+the task allows it); `models` may list them beside the families. Like a set's, a variant's name is
+a label stored in each record (`variant`), and tables and plots show it as the model.
+
+Length generalisation (`[generalise.TASK]`, optional): the task's cells train up to their length
+and are scored at the given longer lengths (seqbench.cell.config.Generalise).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from seqbench.cell.config import CellConfig, Generalise, TrainConfig
+from seqbench.measure.point import MeasurePoint
+from seqbench.models import FAMILIES, parse_hparams
+from seqbench.strict import ConfigError, check_choice, coerce, from_mapping, require
+from seqbench.tasks import get_task
+
+PRESETS = ("smoke", "quick", "findings", "full")
+HPSET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    """Speed and memory points of a sweep: its models and device at these lengths."""
+
+    lengths: tuple[int, ...]
+    batch_size: int = 32
+    dtype: str = "fp32"
+    task: str = "parity"
+    rss: bool = True  # CPU: peak RSS growth in a fresh subprocess
+    stream: tuple[int, ...] | None = None  # streaming positions, none by default
+    blocks: int = 7
+
+    def validate(self, where: str) -> None:
+        require(self.blocks >= 5, f"{where}.blocks", f"must be >= 5, got {self.blocks}")
+
+
+class Label(NamedTuple):
+    """The names a sweep gives a cell beside its config (labels, not part of its key)."""
+
+    hpset: str = ""
+    variant: str = ""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named model: a family with its own hyper-parameters, on all tasks or only on `tasks`."""
+
+    model: str
+    hparams: Any = field(default_factory=dict)  # replaces the sweep's [hparams.FAMILY] table
+    tasks: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    tasks: tuple[str, ...]
+    models: tuple[str, ...]
+    lengths: Any  # a list for every task, or a table task -> list
+    seeds: tuple[int, ...] = (0,)
+    params: int = 20_000
+    device: str = "cpu"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    task_train: Any = field(default_factory=dict)  # task -> partial train table overriding `train`
+    hparams: Any = field(default_factory=dict)  # model -> hyper-parameter table
+    hpsets: Any = field(default_factory=dict)  # set name -> partial train table (a grid axis)
+    variants: Any = field(default_factory=dict)  # variant name -> Variant table
+    generalise: Any = field(default_factory=dict)  # task -> Generalise table
+    measure: MeasureSpec | None = None
+
+    def validate(self, where: str) -> None:
+        require(self.name.replace("-", "").replace("_", "").isalnum(), "name",
+                f"use letters, digits, '-' and '_' only, got {self.name!r}")
+        for name in ("tasks", "models", "seeds"):
+            values = getattr(self, name)
+            require(len(set(values)) == len(values), name, f"must not repeat, got {list(values)}")
+        families = {self.variant(m)[0] for m in self.models}
+        for name in self.variants if isinstance(self.variants, dict) else ():
+            self.variant(name)  # a variant that no entry of `models` uses is checked all the same
+        for table, allowed in (("lengths", self.tasks), ("task_train", self.tasks),
+                               ("hparams", families), ("generalise", self.tasks)):
+            value = getattr(self, table)
+            if isinstance(value, dict):
+                for key in value:
+                    check_choice(f"{table} key", key, allowed)
+            elif table != "lengths":
+                raise ConfigError(f"{table}: expected a table keyed by name")
+        if not isinstance(self.hpsets, dict):
+            raise ConfigError("hpsets: expected a table of named sets, e.g. [hpsets.lr1e-3]")
+        for name, override in self.hpsets.items():
+            require(HPSET_NAME.fullmatch(name) is not None, f"hpsets.{name}",
+                    "a set name uses letters, digits, '.', '-' and '_' only")
+            if not isinstance(override, dict):
+                raise ConfigError(f"hpsets.{name}: expected a table of training settings "
+                                  f"(TrainConfig fields), got {override!r}")
+            require(bool(override), f"hpsets.{name}", "empty set; give at least one training "
+                    "setting (TrainConfig field), e.g. lr = 1e-3")
+
+    def variant(self, name: str) -> tuple[str, dict, tuple[str, ...] | None]:
+        """(family, hyper-parameter table, tasks or None for all) of an entry of `models`."""
+        if not isinstance(self.variants, dict):
+            raise ConfigError("variants: expected a table of named variants, e.g. "
+                              "[variants.transformer-rope]")
+        if name not in self.variants:
+            return name, self.hparams.get(name, {}), None
+        require(HPSET_NAME.fullmatch(name) is not None, f"variants.{name}",
+                "a variant name uses letters, digits, '.', '-' and '_' only")
+        v = from_mapping(Variant, self.variants[name], f"variants.{name}")
+        check_choice(f"variants.{name}.model", v.model, FAMILIES)
+        parse_hparams(v.model, v.hparams, f"variants.{name}.hparams")
+        require(name not in FAMILIES, f"variants.{name}",
+                f"a variant must not take the name of a family ({', '.join(sorted(FAMILIES))})")
+        for i, task in enumerate(v.tasks or ()):
+            check_choice(f"variants.{name}.tasks[{i}]", task, self.tasks)
+        return v.model, v.hparams, v.tasks
+
+    def generalise_for(self, task: str) -> Generalise | None:
+        table = self.generalise.get(task)
+        if table is None:
+            return None
+        g = from_mapping(Generalise, table, f"generalise.{task}")
+        for i, n in enumerate(g.lengths):
+            get_task(task).check_length(n, field=f"generalise.{task}.lengths[{i}]")
+        longest = max(self.lengths_for(task))
+        require(min(g.lengths) > longest, f"generalise.{task}.lengths",
+                f"must all be longer than the task's longest training length {longest}")
+        return g
+
+    def lengths_for(self, task: str) -> tuple[int, ...]:
+        if isinstance(self.lengths, dict):
+            if task not in self.lengths:
+                raise ConfigError(f"lengths.{task}: missing; give lengths for every task")
+            return coerce(f"lengths.{task}", self.lengths[task], tuple[int, ...])
+        return coerce("lengths", self.lengths, tuple[int, ...])
+
+    def train_sets(self, task: str) -> dict[str, TrainConfig]:
+        """The training settings of task under each hyper-parameter set ("" without sets):
+        [train], then [task_train.TASK], then [hpsets.NAME]. Two sets that give a task the same
+        settings are rejected (they would be the same cells)."""
+        override = self.task_train.get(task, {})
+        if not isinstance(override, dict):
+            raise ConfigError(f"task_train.{task}: expected a table")
+        base = dataclasses.asdict(self.train) | override
+        train = from_mapping(TrainConfig, base, f"task_train.{task}")
+        if not self.hpsets:
+            return {"": train}
+        out: dict[str, TrainConfig] = {}
+        for name, sets in self.hpsets.items():
+            out[name] = from_mapping(TrainConfig, base | sets, f"hpsets.{name}")
+            for other, cfg in out.items():
+                require(other == name or cfg != out[name], f"hpsets.{name}",
+                        f"gives task {task} the same training settings as hpsets.{other}")
+        return out
+
+    def labelled_cells(self) -> list[tuple[Label, CellConfig]]:
+        """Every cell of the grid with its labels (hyper-parameter set, variant), validated
+        (raises ConfigError before anything runs). Order: task, model, length, set, seed."""
+        out, seen = [], {}
+        models = [(model, *self.variant(model)) for model in self.models]
+        for task in self.tasks:
+            sets = self.train_sets(task)
+            generalise = self.generalise_for(task)
+            for model, family, hparams, only in models:
+                if only is not None and task not in only:
+                    continue
+                for length in self.lengths_for(task):
+                    for name, train in sets.items():
+                        for seed in self.seeds:
+                            cfg = CellConfig(
+                                task=task, model=family, length=length, seed=seed,
+                                params=self.params, device=self.device, train=train,
+                                hparams=hparams, generalise=generalise,
+                            )
+                            key = cfg.key()
+                            where = f"variants.{model}" if model in self.variants else "models"
+                            require(key not in seen, where,
+                                    f"{model} gives the same cells as {seen.get(key)}")
+                            seen[key] = model
+                            out.append((Label(name, model if model != family else ""), cfg))
+        return out
+
+    def cells(self) -> list[CellConfig]:
+        """Every cell of the grid, validated (raises ConfigError before anything runs)."""
+        return [cfg for _, cfg in self.labelled_cells()]
+
+    def labelled_points(self) -> list[tuple[str, MeasurePoint]]:
+        """Every measurement point of the sweep with its variant name ("" for a family), none
+        without a [measure] table; validated."""
+        m = self.measure
+        if m is None:
+            return []
+        out = []
+        for model in self.models:
+            family, hparams, _ = self.variant(model)
+            for n in m.lengths:
+                out.append((model if model != family else "", MeasurePoint(
+                    model=family, length=n, batch_size=m.batch_size, device=self.device,
+                    dtype=m.dtype, params=self.params, task=m.task, hparams=hparams)))
+        return out
+
+    def points(self) -> list[MeasurePoint]:
+        return [p for _, p in self.labelled_points()]
+
+
+def load_spec(text: str, source: str) -> SweepSpec:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    spec = from_mapping(SweepSpec, data)
+    spec.cells()
+    spec.points()
+    return spec
+
+
+def preset(name: str) -> SweepSpec:
+    check_choice("preset", name, PRESETS)
+    text = resources.files("seqbench.sweeps").joinpath("presets", f"{name}.toml").read_text()
+    return load_spec(text, f"preset {name}")
+
+
+def spec_from_file(path: str | Path) -> SweepSpec:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
+    return load_spec(text, str(path))
