@@ -309,6 +309,9 @@ def test_pairwise_table():
         assert (row.diff, row.p, row.test) == (expect.diff, expect.p, expect.test)
     assert table["test"].tolist().count("Welch t") == 2  # the pairs with the failed tcn seed
     assert table["p_holm"].tolist() == pytest.approx(holm(table["p"].tolist()))
+    one_seed = pairwise(frame[frame["seed"] == 0])
+    assert one_seed["p"].isna().all() and one_seed["low"].dtype == float
+    assert one_seed["diff"].notna().all()
 
 
 def test_pairwise_rejects_bad_frames():

@@ -296,4 +296,6 @@ def pairwise(frame: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
                          **asdict(_compare_seeds(scores[a], scores[b], level))})
     for row, adjusted in zip(rows, holm([row["p"] for row in rows])):
         row["p_holm"] = adjusted
-    return pd.DataFrame(rows, columns=PAIRWISE_COLUMNS)
+    table = pd.DataFrame(rows, columns=PAIRWISE_COLUMNS)
+    numbers = ["diff", "low", "high", "p", "p_holm"]
+    return table.astype(dict.fromkeys(numbers, float))
