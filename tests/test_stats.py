@@ -24,7 +24,7 @@ from bench.results.stats import (
     solved,
     winners,
 )
-from bench.strict import ConfigError
+from seqbench.strict import ConfigError
 
 RNG = np.random.default_rng(0)
 

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bench.strict import ConfigError
+from seqbench.strict import ConfigError
 
 TOL = 1e-12
 
