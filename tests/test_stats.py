@@ -1,4 +1,4 @@
-"""bench.results.stats: intervals, solve counts, paired/Welch comparisons, Holm, table winners.
+"""seqbench.results.stats: intervals, solve counts, paired/Welch comparisons, Holm, table winners.
 
 Every figure is checked against scipy.stats directly and, for one case each, against the textbook
 formula computed here by hand.
@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bench.results.stats import (
+from seqbench.results.stats import (
     PAIRWISE_COLUMNS,
     compare,
     holm,
@@ -30,7 +30,7 @@ RNG = np.random.default_rng(0)
 
 
 def test_module_imports_without_torch():
-    code = "import sys, bench.results.stats; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, seqbench.results.stats; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
