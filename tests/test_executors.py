@@ -43,8 +43,8 @@ def same_figures(a, b) -> None:
     assert a.keys() == b.keys()
     for key in a:
         x, y = a[key], b[key]
-        assert (x.status, x.steps, x.score, x.eval_loss, x.params_actual) == (
-            y.status, y.steps, y.score, y.eval_loss, y.params_actual), key
+        assert (x.status, x.steps, x.score, x.test_loss, x.params_actual) == (
+            y.status, y.steps, y.score, y.test_loss, y.params_actual), key
         assert x.history == y.history and x.grad_flow == y.grad_flow, key
 
 

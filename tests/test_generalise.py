@@ -21,7 +21,7 @@ from conftest import fake_record, make_cell, spy_on_run_cell
 import seqbench.cell.train
 import seqbench.results.plots
 import seqbench.sweeps.executors
-from seqbench.cell.config import CellConfig, Generalise
+from seqbench.cell.config import PROTOCOL, CellConfig, Generalise
 from seqbench.cell.record import CellRecord
 from seqbench.cell.train import held_out, run_cell
 from seqbench.models import FAMILIES
@@ -58,11 +58,14 @@ def test_key_without_generalise_is_the_plain_config_hash(model):
     # the recurrent families' own added() fields hold their defaults too: out of the key
     hp_added = {f.name for f in dataclasses.fields(cfg.hparams) if f.metadata.get("added")}
     plain["hparams"] = {k: v for k, v in plain["hparams"].items() if k not in hp_added}
+    train_added = {f.name for f in dataclasses.fields(cfg.train) if f.metadata.get("added")}
+    assert "timeout_s" in train_added
+    plain["train"] = {k: v for k, v in plain["train"].items() if k not in train_added}
     if model in ("rnn", "lstm", "gru"):
         assert "bidirectional" in hp_added
     assert key_payload(cfg) == plain
     payload = {"config": plain, "task_version": get_task("parity").version,
-               "model_version": FAMILIES[model].version}
+               "model_version": FAMILIES[model].version, "protocol": PROTOCOL}
     assert cfg.payload() == payload
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     assert cfg.key() == hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -217,8 +220,10 @@ def test_training_lengths_are_drawn_from_the_range(monkeypatch):
     assert set(train) <= {1, 2, 3, 4} and len(set(train)) >= 3
     draws = torch.Generator().manual_seed(2 * cfg.seed)
     assert train == [[1, 2, 3, 4][int(torch.randint(4, (), generator=draws))] for _ in range(12)]
-    # held-out sets: the in-distribution one at N, then each test length with `samples` sequences
-    assert [(n, b) for n, b in calls if b != 8] == [(4, 16), (6, 32), (8, 32)]
+    # held-out sets: validation and test at N, then each test length's validation and test sets
+    # with `samples` sequences each
+    assert [(n, b) for n, b in calls if b != 8] == [(4, 16), (4, 16), (6, 32), (6, 32), (8, 32),
+                                                     (8, 32)]
 
 
 def test_fixed_protocol_trains_at_n_only(monkeypatch):
@@ -230,7 +235,7 @@ def test_fixed_protocol_trains_at_n_only(monkeypatch):
 
 
 @pytest.mark.parametrize("threshold", [0.0, 1.01])
-def test_generalisation_cell_runs_its_whole_budget_and_is_solved_by_the_test_mean(
+def test_generalisation_cell_runs_its_whole_budget_and_is_solved_by_the_validation_mean(
         monkeypatch, threshold):
     monkeypatch.setattr(Parity, "solve_threshold", threshold)
     # without the protocol, a threshold of 0 stops training at the first evaluation
@@ -243,16 +248,19 @@ def test_generalisation_cell_runs_its_whole_budget_and_is_solved_by_the_test_mea
     assert all(0 <= s <= 1 and (s * 32).is_integer() for s in record.ood_scores)
     assert record.ood_score == pytest.approx(sum(record.ood_scores) / 2)
     assert record.solve_threshold == threshold
-    assert record.solved == (record.ood_score >= threshold)
-    assert record.status == ("solved" if record.ood_score >= threshold else "budget")
+    val = sum(record.ood_val_scores) / 2
+    assert record.solved == (val >= threshold)
+    assert record.status == ("solved" if val >= threshold else "budget")
     assert record.score is not None  # the in-distribution score is kept beside
     assert record.seq_len == 4
 
 
 def test_generalisation_cell_is_not_solved_by_in_distribution_success(monkeypatch):
-    """A perfect in-distribution score with poor test scores stays `budget`."""
+    """A perfect in-distribution score with poor scores at the test lengths stays `budget`."""
     real = seqbench.cell.train.evaluate
-    scores = iter([(0.0, 1.0), (0.0, 1.0), (0.3, 0.5), (0.3, 0.625)])
+    # validation at steps 2 and 4, test at N, then validation and test at lengths 6 and 8
+    scores = iter([(0.0, 1.0), (0.0, 1.0), (0.0, 1.0), (0.3, 0.5), (0.3, 0.5), (0.3, 0.625),
+                   (0.3, 0.625)])
 
     def evaluate(model, task, batches):
         real(model, task, batches)
@@ -261,7 +269,8 @@ def test_generalisation_cell_is_not_solved_by_in_distribution_success(monkeypatc
     monkeypatch.setattr(seqbench.cell.train, "evaluate", evaluate)
     record = run_cell(lg_cell(length=4, lengths=(6, 8), samples=8, steps=4, eval_every=2))
     assert record.score == 1.0 and record.steps == 4
-    assert record.ood_scores == [0.5, 0.625] and record.ood_score == 0.5625
+    assert record.ood_scores == record.ood_val_scores == [0.5, 0.625]
+    assert record.ood_score == 0.5625
     assert (record.status, record.solved) == ("budget", False)
 
 
@@ -279,7 +288,7 @@ def test_held_out_test_set_is_the_fixed_length_cells_set(task_name, n, samples):
     task = get_task(task_name)
     lg = lg_cell(task_name, length=4, lengths=(n,), samples=samples, seed=2)
     fixed = make_cell(task_name, "rnn", n, seed=2, eval_samples=samples)
-    ours = held_out(task, lg, n, samples)
+    ours = held_out(task, lg, "test", n, samples)
     assert batches_equal(ours, held_out(task, fixed))
     assert sum(len(b.inputs) for b in ours) == samples
     assert all(b.inputs.shape[1] == task.seq_len(n) for b in ours)
@@ -301,9 +310,11 @@ def test_test_lengths_are_scored_on_the_fixed_length_cells_sequences(monkeypatch
     cfg = lg_cell(length=4, lengths=(6, 8), samples=24, steps=2, eval_every=2, seed=1)
     run_cell(cfg)
     parity = get_task("parity")
-    for batches, n in zip(seen[-2:], (6, 8)):
-        assert batches_equal(batches, held_out(
-            parity, make_cell("parity", "rnn", n, seed=1, eval_samples=24)))
+    # the last evaluations: validation and test at 6, then at 8
+    for (val, test), n in zip((seen[-4:-2], seen[-2:]), (6, 8)):
+        fixed = make_cell("parity", "rnn", n, seed=1, eval_samples=24)
+        assert batches_equal(val, held_out(parity, fixed, "validation"))
+        assert batches_equal(test, held_out(parity, fixed, "test"))
 
 
 def test_model_is_built_for_the_longest_test_length(monkeypatch):

@@ -240,7 +240,7 @@ def test_learns_adding_of_length_two():
     """Regression through the real-valued encoder (solved in ~70 of 400 steps when written)."""
     record = run_cell(make_cell("adding", "lru", 2, **EASY | {"steps": 400}))
     assert record.status == "solved", record.history
-    assert record.eval_loss < record.baseline_loss / 10
+    assert record.test_loss < record.baseline_loss / 10
 
 
 # --- hyper-parameters ----------------------------------------------------------------------------

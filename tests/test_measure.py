@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
 import seqbench.measure.point as bm
+from seqbench.cell.step import TrainStep
 from seqbench.cli import main
 from seqbench.measure import memory, streaming, timing
 from seqbench.measure.memory import rss_growth, rss_growth_in_process, saved_bytes
@@ -237,7 +238,7 @@ def test_measure_records_an_oom(monkeypatch, exc):
     def train_step(self):
         raise exc
 
-    monkeypatch.setattr(Harness, "train_step", train_step)
+    monkeypatch.setattr(TrainStep, "__call__", train_step)
     r = measure(point("lstm", 8), rss=False, blocks=5)
     assert r.status == "oom"
     assert r.error == f"{type(exc).__name__}: {exc}"

@@ -25,6 +25,10 @@ from seqbench.strict import (
 from seqbench.tasks import TASKS, get_task
 
 DEVICES = ("cpu", "cuda")
+# The training and evaluation protocol every cell follows (seqbench.cell.train): bump it whenever
+# a change there changes what a config produces (streams, stopping rules, the step), so that no
+# record of the old protocol is reused. 2: train/validation/test streams, choices on validation.
+PROTOCOL = 2
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,8 @@ class TrainConfig:
     clip: float = setting(1.0, "max global gradient norm; 0 disables clipping")
     eval_every: int = setting(100, "steps between held-out evaluations (and early-stop checks)")
     eval_samples: int = setting(512, "size of each separately seeded held-out set")
+    timeout_s: float = setting(0.0, "wall-clock limit of the cell in seconds (status timeout); "
+                               "0: none", added=True)
 
     def validate(self, where: str) -> None:
         p = f"{where}." if where else ""
@@ -47,6 +53,8 @@ class TrainConfig:
         require(self.lr > 0, p + "lr", f"must be > 0, got {self.lr}")
         require(self.weight_decay >= 0, p + "weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(self.clip >= 0, p + "clip", f"must be >= 0 (0 disables), got {self.clip}")
+        require(self.timeout_s >= 0, p + "timeout_s", f"must be >= 0 (0: none), got "
+                f"{self.timeout_s}")
 
 
 TRAIN_LENGTHS = ("range", "fixed")
@@ -134,10 +142,10 @@ class CellConfig:
         return max(self.generalise.lengths) if self.generalise else self.length
 
     def payload(self) -> dict[str, Any]:
-        """What the key hashes: the config (added() fields at their default left out) and the
-        current definition versions of its task and model family."""
+        """What the key hashes: the config (added() fields at their default left out), the current
+        definition versions of its task and model family, and the protocol version."""
         return {"config": key_payload(self), "task_version": get_task(self.task).version,
-                "model_version": get_family(self.model).version}
+                "model_version": get_family(self.model).version, "protocol": PROTOCOL}
 
     def key(self) -> str:
         """Stable 16-hex-digit hash of payload()."""

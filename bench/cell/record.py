@@ -17,8 +17,8 @@ from typing import Any
 from seqbench.strict import stable_key
 
 SCHEMA = 2
-STATUSES = ("solved", "budget", "diverged", "oom", "error")
-FAILED = ("diverged", "oom", "error")
+STATUSES = ("solved", "budget", "diverged", "oom", "error", "timeout")
+FAILED = ("diverged", "oom", "error", "timeout")
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # a set or variant name (or "")
 KEY = re.compile(r"[0-9a-f]{16}")
 
@@ -47,8 +47,10 @@ class CellRecord:
     model_info: dict = field(default_factory=dict)
     steps: int = 0  # optimiser steps taken
     train_loss: float | None = None  # mean training loss over the last evaluation window
-    eval_loss: float | None = None  # held-out loss at the last evaluation
-    score: float | None = None  # held-out headline score in [0, 1]
+    val_loss: float | None = None  # validation loss at the last evaluation
+    val_score: float | None = None  # validation score at the last evaluation (decides `solved`)
+    test_loss: float | None = None  # test loss after training
+    score: float | None = None  # test score after training: the headline, in [0, 1]
     score_name: str = ""
     chance: float | None = None
     baseline_loss: float | None = None  # memoryless / constant-predictor loss where defined
@@ -58,7 +60,7 @@ class CellRecord:
     train_time_s: float = 0.0  # optimisation only, evaluation excluded
     train_tokens_per_s: float | None = None
     error: str | None = None
-    history: list = field(default_factory=list)  # {step, train_loss, eval_loss, score}
+    history: list = field(default_factory=list)  # {step, train_loss, val_loss, val_score}
     # gradient flow through time (seqbench.cell.gradflow): {"untrained": flow, "trained": flow},
     # each {"distance": [...], "norm": [...]}; "trained" is absent when training diverged
     grad_flow: dict = field(default_factory=dict)
@@ -72,7 +74,8 @@ class CellRecord:
     variant: str = ""
     # length generalisation (config.generalise): the score at each test length, in the order of
     # config.generalise.lengths, and their mean, the cell's headline for such cells
-    ood_scores: list = field(default_factory=list)
+    ood_scores: list = field(default_factory=list)  # test scores
+    ood_val_scores: list = field(default_factory=list)  # validation scores (choices use these)
     ood_score: float | None = None
     ood_chance: list = field(default_factory=list)  # chance at each test length
     schema: int = SCHEMA
@@ -135,10 +138,11 @@ class CellRecord:
                                                                      self.config):
             raise CorruptRecord(f"key {self.key} does not match its config or definition versions "
                                 "(edited?)")
-        for name in ("score", "ood_score"):
+        for name in ("score", "val_score", "ood_score"):
             _score(name, getattr(self, name))
-        for i, value in enumerate(self.ood_scores):
-            _score(f"ood_scores[{i}]", value)
+        for name in ("ood_scores", "ood_val_scores"):
+            for i, value in enumerate(getattr(self, name)):
+                _score(f"{name}[{i}]", value)
 
 
 def _score(name: str, value: Any) -> None:

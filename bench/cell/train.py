@@ -1,22 +1,30 @@
 """Train and evaluate one cell: config -> task + model -> optimise on fresh batches -> record.
 
-Every step draws a fresh batch from the training generator (infinite data); the held-out set is
-drawn once from a separately seeded generator and depends only on (task, length, seed), so every
-model is scored on the same sequences. Training stops at the step budget, on reaching the task's
-solve threshold at an evaluation, or on a non-finite loss or gradient (status `diverged`).
+Three independent random streams per cell seed (seqbench.cell.step.generator): training batches
+(a fresh batch every step: infinite data), the validation set and the test set. Each held-out set
+depends only on (task, length, seed, samples), so every model is scored on the same sequences.
+Every choice is made on the validation set: early stopping (the cell is `solved` and stops once
+its validation score reaches the task's threshold at an evaluation), the hyper-parameter set a
+report shows, the gradient-flow batch. The test set is scored once, after training, and gives the
+headline score (`score`); it never drives anything.
 
-Gradient flow through time (seqbench.cell.gradflow) is measured on a fixed slice of the held-out set twice:
-on the untrained model, and on the trained one unless training diverged.
+Training stops at the step budget (`budget`), once solved, on a non-finite loss or gradient norm or
+a training loss above DIVERGENCE_FACTOR times the first step's (`diverged`, naming the step), or
+past train.timeout_s of wall time (`timeout`). Any other failure is `error` (with its traceback) or
+`oom`; failures are recorded, never raised.
+
+Gradient flow through time (seqbench.cell.gradflow) is measured on a fixed slice of the validation
+set twice: on the untrained model, and on the trained one unless training diverged.
 
 Length generalisation (config.generalise): each step's batch has a length drawn uniformly from the
 task's valid lengths up to N (or N itself), the model is built for the longest test length (a TCN
 covers it, a learned position table has rows for it, untrained beyond N), training runs the whole
-budget, and the trained model is then scored at every test length; the cell is `solved` when the
-mean over them reaches the task's threshold.
+budget, and the trained model is then scored at every test length on the validation and the test
+stream; the cell's headline is the mean test score over them, `solved` when the validation mean
+reaches the task's threshold.
 """
 from __future__ import annotations
 
-import math
 import time
 import traceback
 
@@ -25,6 +33,7 @@ import torch
 from seqbench.cell.config import CellConfig
 from seqbench.cell.gradflow import gradient_flow
 from seqbench.cell.record import CellRecord
+from seqbench.cell.step import TrainStep, generator
 from seqbench.env import environment
 from seqbench.models import build_model, count_parameters
 from seqbench.strict import stable_key
@@ -32,26 +41,25 @@ from seqbench.tasks import Batch, Task, get_task
 
 EVAL_CHUNK = 256  # held-out samples per forward pass
 FLOW_SAMPLES = 64  # gradient-flow samples, at most; never more than a training batch (memory)
+# A training loss above this multiple of the first step's is divergence, not learning: cross-
+# entropy starts near ln(classes) and MSE near the target variance, so 100x is far outside any
+# trajectory that is still optimising (an LSTM at lr=1e6 reached a loss of 2e12 without a NaN).
+DIVERGENCE_FACTOR = 100.0
 
 
-def generator(seed: int, stream: int, device: str) -> torch.Generator:
-    """Independent random stream `stream` (0 train, 1 held-out) for a cell seed."""
-    return torch.Generator(device=device).manual_seed(2 * seed + stream)
-
-
-def held_out(task: Task, cfg: CellConfig, length: int | None = None,
+def held_out(task: Task, cfg: CellConfig, stream: str = "test", length: int | None = None,
              samples: int | None = None) -> list[Batch]:
-    """The held-out set at `length` (default: the cell's): a function of (task, length, seed,
-    samples) only, so a length-generalisation test at length n scores the same sequences as a
-    fixed-length cell at n with as many evaluation samples."""
-    g = generator(cfg.seed, 1, cfg.device)
+    """The validation or test set at `length` (default: the cell's): a function of (task, length,
+    seed, stream, samples) only, so a length-generalisation test at length n scores the same
+    sequences as a fixed-length cell at n with as many evaluation samples."""
+    g = generator(cfg.seed, stream, cfg.device)
     n = samples or cfg.train.eval_samples
     sizes = [min(EVAL_CHUNK, n - i) for i in range(0, n, EVAL_CHUNK)]
     return [task.sample(length or cfg.length, size, g, cfg.device) for size in sizes]
 
 
 def flow_batch(batches: list[Batch], batch_size: int) -> Batch:
-    """The fixed gradient-flow batch: the first min(FLOW_SAMPLES, batch_size) held-out samples,
+    """The fixed gradient-flow batch: the first min(FLOW_SAMPLES, batch_size) validation samples,
     so it depends only on (task, length, seed, batch size) and needs no more memory than a
     training step (a forward and a backward of at most one training batch)."""
     first = batches[0]
@@ -62,7 +70,7 @@ def flow_batch(batches: list[Batch], batch_size: int) -> Batch:
 
 @torch.no_grad()
 def evaluate(model, task: Task, batches: list[Batch]) -> tuple[float, float]:
-    """Mean held-out loss and headline score."""
+    """Mean loss and headline score over held-out batches."""
     model.eval()
     total = sum(len(b.inputs) for b in batches)
     loss = score = 0.0
@@ -79,11 +87,6 @@ def is_oom(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError)
         and ("out of memory" in str(exc) or "can't allocate memory" in str(exc))
     )
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def new_record(cfg: CellConfig) -> CellRecord:
@@ -107,9 +110,10 @@ def new_record(cfg: CellConfig) -> CellRecord:
 
 
 def failed(record: CellRecord, exc: BaseException) -> CellRecord:
-    """Mark record with the status of exc: `oom` for out-of-memory, else `error`."""
+    """Mark record with the status of exc: `oom` for out-of-memory, else `error`, keeping the
+    full traceback."""
     record.status = "oom" if is_oom(exc) else "error"
-    record.error = "".join(traceback.format_exception_only(exc)).strip()
+    record.error = "".join(traceback.format_exception(exc)).strip()
     return record
 
 
@@ -118,7 +122,7 @@ def run_cell(cfg: CellConfig) -> CellRecord:
     record = new_record(cfg)
     start = time.perf_counter()
     try:
-        _train(cfg, get_task(cfg.task), record)
+        _train(cfg, get_task(cfg.task), record, start)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded status
         failed(record, exc)
         if cfg.device == "cuda":
@@ -127,68 +131,74 @@ def run_cell(cfg: CellConfig) -> CellRecord:
     return record
 
 
-def _train(cfg: CellConfig, task: Task, record: CellRecord) -> None:
+def _divergence(window, step: int) -> str | None:
+    """Why training diverged in this window, or None."""
+    if window.first_nonfinite is not None:
+        return f"non-finite loss or gradient norm at step {window.first_nonfinite}"
+    if window.mean_loss > DIVERGENCE_FACTOR * window.initial_loss:
+        return (f"training loss {window.mean_loss:.4g} over the steps up to {step} is more than "
+                f"{DIVERGENCE_FACTOR:g}x the first step's {window.initial_loss:.4g}")
+    return None
+
+
+def _train(cfg: CellConfig, task: Task, record: CellRecord, start: float) -> None:
     tc = cfg.train
     torch.manual_seed(cfg.seed)  # initialisation and dropout
     max_len = task.seq_len(cfg.max_length())
     model = build_model(cfg.model, task.io, cfg.params, cfg.hparams, max_len).to(cfg.device)
     record.params_actual = count_parameters(model)
     record.model_info = model.info
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    train_gen = generator(cfg.seed, 0, cfg.device)
-    evaluation = held_out(task, cfg)
-    flow = flow_batch(evaluation, tc.batch_size)
+    validation = held_out(task, cfg, "validation")
+    flow = flow_batch(validation, tc.batch_size)
     record.grad_flow = {"untrained": gradient_flow(model, task, flow)}
-
-    lengths = cfg.train_lengths()
-    draws = torch.Generator().manual_seed(2 * cfg.seed)  # CPU: a length is a host-side choice
-    window: list[float] = []
-    train_time = tokens = 0
-    for step in range(1, tc.steps + 1):
-        length = lengths[0] if len(lengths) == 1 else lengths[
-            int(torch.randint(len(lengths), (), generator=draws))]
-        _sync(cfg.device)
-        t0 = time.perf_counter()
-        batch = task.sample(length, tc.batch_size, train_gen, cfg.device)
-        loss = task.loss(model(batch.inputs), batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip or float("inf"))
-        value = loss.item()
-        finite = math.isfinite(value) and torch.isfinite(norm).item()
-        if finite:
-            opt.step()
-        _sync(cfg.device)
-        train_time += time.perf_counter() - t0
-        tokens += tc.batch_size * task.seq_len(length)
-        record.steps = step
-        if not finite:
-            record.status = "diverged"
-            record.error = f"non-finite loss {value} or gradient norm {norm.item()} at step {step}"
+    step = TrainStep(model, task, lengths=cfg.train_lengths(), batch_size=tc.batch_size,
+                     lr=tc.lr, weight_decay=tc.weight_decay, clip=tc.clip, seed=cfg.seed,
+                     device=cfg.device)
+    tokens = 0
+    for n in range(1, tc.steps + 1):
+        step()
+        late = tc.timeout_s > 0 and time.perf_counter() - start > tc.timeout_s
+        if n % tc.eval_every and n != tc.steps and not late:
+            continue
+        window = step.window()
+        tokens += window.tokens
+        record.steps, record.train_time_s = n, record.train_time_s + window.seconds
+        diverged = _divergence(window, n)
+        if diverged:
+            record.status, record.error = "diverged", diverged
+            record.steps = window.first_nonfinite or n
             break
-        window.append(value)
-        if step % tc.eval_every == 0 or step == tc.steps:
-            record.eval_loss, record.score = evaluate(model, task, evaluation)
-            record.train_loss = sum(window) / len(window)
-            window.clear()
-            record.history.append(
-                {"step": step, "train_loss": record.train_loss,
-                 "eval_loss": record.eval_loss, "score": record.score}
-            )
-            if record.score >= task.solve_threshold and cfg.generalise is None:
-                record.status, record.solved = "solved", True
-                break
-    record.train_time_s = train_time
-    if train_time > 0:
-        record.train_tokens_per_s = tokens / train_time
-    if record.status == "diverged":
+        record.train_loss = window.mean_loss
+        record.val_loss, record.val_score = evaluate(model, task, validation)
+        record.history.append({"step": n, "train_loss": record.train_loss,
+                               "val_loss": record.val_loss, "val_score": record.val_score})
+        if late:
+            record.status = "timeout"
+            record.error = f"train.timeout_s = {tc.timeout_s:g} s passed at step {n}"
+            break
+        if record.val_score >= task.solve_threshold and cfg.generalise is None:
+            record.status, record.solved = "solved", True
+            break
+    if record.train_time_s > 0:
+        record.train_tokens_per_s = tokens / record.train_time_s
+    if record.status in ("diverged", "timeout"):
         return
+    record.test_loss, record.score = evaluate(model, task, held_out(task, cfg, "test"))
     record.grad_flow["trained"] = gradient_flow(model, task, flow)
     if cfg.generalise is not None:
-        record.ood_chance = [task.chance(n) for n in cfg.generalise.lengths]
-        for n in cfg.generalise.lengths:  # shortest first: an OOM keeps the scores before it
-            record.ood_scores.append(evaluate(model, task, held_out(
-                task, cfg, n, cfg.generalise.samples))[1])
-        record.ood_score = sum(record.ood_scores) / len(record.ood_scores)
-        if record.ood_score >= task.solve_threshold:
-            record.status, record.solved = "solved", True
+        _generalisation(cfg, task, model, record)
+
+
+def _generalisation(cfg: CellConfig, task: Task, model, record: CellRecord) -> None:
+    """Scores at each test length on both held-out streams; the validation mean decides
+    `solved`, the test mean is the headline."""
+    g = cfg.generalise
+    record.ood_chance = [task.chance(n) for n in g.lengths]
+    for n in g.lengths:  # shortest first: an OOM keeps the scores before it
+        for stream, scores in (("validation", record.ood_val_scores), ("test", record.ood_scores)):
+            scores.append(evaluate(model, task, held_out(task, cfg, stream, n, g.samples))[1])
+    record.ood_score = sum(record.ood_scores) / len(record.ood_scores)
+    val = sum(record.ood_val_scores) / len(record.ood_val_scores)
+    if val >= task.solve_threshold:
+        record.status, record.solved = "solved", True
+

@@ -72,28 +72,32 @@ def _slot_name(s: tuple) -> str:
     return f"{s[0]}/{s[1]}/L={s[2]}/seed {s[3]}"
 
 
+def _versions(r: CellRecord) -> tuple[int, int, int | None]:
+    return r.task_version, r.model_version, r.key_payload.get("protocol")
+
+
 def check_comparable(base: dict[str, CellRecord], cur: dict[str, CellRecord],
                      cur_keys: set[str]) -> None:
-    """Raise ConfigError for inputs that cannot be gated: a task or model definition that changed
-    between the runs, or no cell in common."""
+    """Raise ConfigError for inputs that cannot be gated: a task or model definition or the
+    training protocol changed between the runs, or no cell in common."""
     cur_versions = defaultdict(set)
     for r in cur.values():
-        cur_versions[slot(r)].add((r.task_version, r.model_version))
+        cur_versions[slot(r)].add(_versions(r))
     conflicts = defaultdict(list)
     for key, r in base.items():
         versions = cur_versions.get(slot(r), set())
-        if key not in cur_keys and versions and (r.task_version, r.model_version) not in versions:
-            conflicts[(r.task, r.family, r.task_version, r.model_version, min(versions))].append(
-                slot(r))
+        if key not in cur_keys and versions and _versions(r) not in versions:
+            conflicts[(r.task, r.family, _versions(r), min(versions, key=str))].append(slot(r))
     if conflicts:
-        (task, family, tv, mv, (ctv, cmv)), slots = next(iter(sorted(conflicts.items())))
-        what = (f"task {task!r} has task_version {tv} in the baseline and {ctv} in the current run"
-                if tv != ctv else f"model {family!r} has model_version {mv} in the baseline and "
-                f"{cmv} in the current run")
+        (task, family, old, new), slots = next(iter(sorted(conflicts.items(), key=str)))
+        names = ("task_version", "model_version", "protocol")
+        what = {0: f"task {task!r}", 1: f"model {family!r}", 2: "the training protocol"}
+        i = next(i for i in range(3) if old[i] != new[i])
         total = sum(len(v) for v in conflicts.values())
         raise ConfigError(
-            f"incomparable definitions: {what} (e.g. {_slot_name(slots[0])}; {total} cell(s) in "
-            "all); scores of different definitions cannot be compared: regenerate the baseline "
+            f"incomparable definitions: {what[i]} has {names[i]} {old[i]} in the baseline and "
+            f"{new[i]} in the current run (e.g. {_slot_name(slots[0])}; {total} cell(s) in all); "
+            "scores of different definitions cannot be compared: regenerate the baseline "
             "(seqbench gate --update-baseline --current DIR --why ...)")
     if not set(base) & cur_keys:
         b = next(iter(base.values()))

@@ -18,7 +18,6 @@ FLOPs are not counted.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -29,7 +28,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from seqbench.cell.config import DEVICES
-from seqbench.cell.train import generator, is_oom
+from seqbench.cell.step import TrainStep
+from seqbench.cell.train import is_oom
 from seqbench.env import environment
 from seqbench.measure.memory import cuda_peak, rss_growth, rss_growth_in_process, saved_bytes
 from seqbench.measure.record import MEASURE_SCHEMA, MeasureRecord
@@ -91,7 +91,10 @@ class MeasurePoint:
 
 
 class Harness:
-    """The model, optimiser, batch and step closures of one point."""
+    """The model, batch and step closures of one point. train_step is the sweep's own training
+    step (seqbench.cell.step.TrainStep: a fresh batch, forward, loss, backward, clipping at 1.0,
+    fused AdamW), so a measured tokens/s is a sweep's tokens/s; infer_step and forward_backward
+    run on one fixed batch."""
 
     def __init__(self, point: MeasurePoint):
         self.point = point
@@ -101,23 +104,17 @@ class Harness:
         self.model = build_model(
             point.model, self.task.io, point.params, point.hparams, self.seq_len
         ).to(point.device)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
-        self.gen = generator(point.seed, 0, point.device)
+        autocast = torch.bfloat16 if point.dtype == "bf16" else None
+        self.train_step = TrainStep(self.model, self.task, lengths=[point.length],
+                                    batch_size=point.batch_size, lr=1e-4, clip=1.0,
+                                    seed=point.seed, device=point.device, autocast=autocast)
+        self.opt = self.train_step.opt
+        self.autocast = self.train_step.autocast
         self.batch = self.sample()
-        self.autocast = (
-            torch.autocast(torch.device(point.device).type, dtype=torch.bfloat16)
-            if point.dtype == "bf16" else contextlib.nullcontext()
-        )
 
     def sample(self):
-        return self.task.sample(self.point.length, self.point.batch_size, self.gen, self.point.device)
-
-    def train_step(self) -> None:
-        with self.autocast:
-            loss = self.task.loss(self.model(self.batch.inputs), self.batch)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        return self.task.sample(self.point.length, self.point.batch_size, self.train_step.gen,
+                                self.point.device)
 
     def infer_step(self) -> None:
         with torch.inference_mode(), self.autocast:

@@ -139,7 +139,7 @@ def row(record: CellRecord) -> dict:
         flat |= {"generalise.train": g["train"], "generalise.samples": g["samples"],
                  "generalise.lengths": " ".join(map(str, g["lengths"]))}
     skip = {"key", "config", "key_payload", "history", "grad_flow", "env", "model_info",
-            "schema", "hpset", "variant", "ood_scores", "ood_chance"}
+            "schema", "hpset", "variant", "ood_scores", "ood_val_scores", "ood_chance"}
     results = {k: v for k, v in record.to_dict().items() if k not in skip}
     info = {f"info.{k}": v for k, v in sorted(record.model_info.items())}
     return flat | results | info

@@ -1,0 +1,155 @@
+"""The one training step, used by sweeps (seqbench.cell.train) and by measurement
+(seqbench.measure.point): draw a fresh batch, forward, loss, backward, clip, AdamW update.
+
+It never waits for the device. The running loss, the first step with a non-finite loss or
+gradient norm and the initial loss stay on the device; TrainStep.window() reads them once per
+evaluation window (one synchronisation there), together with the window's time: CUDA events
+around the window on a GPU, perf_counter on the CPU. So a GPU runs steps back to back, and what
+`seqbench measure` times is exactly what a sweep trains with.
+
+A non-finite step is still applied (skipping it would need the host to look); training stops at
+the end of that window and the record names the first non-finite step, which the device kept.
+
+Optimiser: AdamW with fused=True on CPU and CUDA (one kernel over all parameters). Measured here,
+1 thread, 20K-parameter models at batch 32, L=64: optimiser step 115 us fused vs 144 us foreach vs
+171 us per-tensor (LSTM), 120 / 610 / 890 us (Transformer), 253 / 836 / 1157 us (LRU).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from seqbench.tasks import Task
+
+STREAMS = ("train", "validation", "test")  # a cell's three independent random streams
+
+
+def generator(seed: int, stream: str, device: str | torch.device) -> torch.Generator:
+    """The random stream `stream` of a cell seed: training batches, validation set, test set."""
+    return torch.Generator(device=device).manual_seed(len(STREAMS) * seed + STREAMS.index(stream))
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
+                   device: str | torch.device) -> torch.optim.AdamW:
+    """AdamW, fused where the device supports it (see the module docstring)."""
+    fused = torch.device(device).type in ("cpu", "cuda") and all(
+        p.is_floating_point() for p in model.parameters())
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay,
+                             fused=fused or None)
+
+
+class Stopwatch:
+    """Accumulated time of the timed regions, read without a per-region synchronisation: CUDA
+    events on a GPU (elapsed read when asked), perf_counter on the CPU."""
+
+    def __init__(self, device: str | torch.device):
+        self.cuda = torch.device(device).type == "cuda"
+        self.seconds = 0.0
+        self._events: list = []
+        self._t0: float | None = None
+
+    def start(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self._events.append([event, None])
+        else:
+            self._t0 = time.perf_counter()
+
+    def stop(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self._events[-1][1] = event
+        else:
+            self.seconds += time.perf_counter() - self._t0
+
+    def read(self) -> float:
+        """Total seconds so far (on CUDA: waits for the last region to finish)."""
+        if self._events:
+            self._events[-1][1].synchronize()
+            self.seconds += sum(a.elapsed_time(b) for a, b in self._events) / 1000
+            self._events.clear()
+        return self.seconds
+
+
+@dataclass(frozen=True)
+class Window:
+    """What the steps since the last read did: their mean loss, the first non-finite step (or
+    None), the loss of the very first step, tokens and seconds."""
+
+    steps: int
+    mean_loss: float
+    first_nonfinite: int | None
+    initial_loss: float
+    tokens: int
+    seconds: float
+
+
+class TrainStep:
+    """Calling it runs one training step (see the module docstring). lengths: the lengths a batch
+    may have (one, or the valid lengths up to N for length generalisation: drawn uniformly per
+    step on the host). autocast: a torch.autocast dtype for forward and loss, or None."""
+
+    def __init__(self, model: torch.nn.Module, task: Task, *, lengths: list[int], batch_size: int,
+                 lr: float, weight_decay: float = 0.0, clip: float = 0.0, seed: int = 0,
+                 device: str | torch.device = "cpu", autocast: torch.dtype | None = None):
+        self.model, self.task, self.lengths, self.batch_size = model, task, lengths, batch_size
+        self.device, self.clip = torch.device(device), clip
+        self.opt = make_optimizer(model, lr, weight_decay, device)
+        self.params = [p for p in model.parameters()]
+        self.gen = generator(seed, "train", device)
+        self.draws = torch.Generator().manual_seed(2 * seed)  # the lengths: a host-side choice
+        self.autocast = (torch.autocast(self.device.type, dtype=autocast) if autocast is not None
+                         else contextlib.nullcontext())
+        self.clock = Stopwatch(device)
+        self.step_count = 0
+        self._reset()
+        self._initial = torch.zeros((), device=self.device)
+        self._seconds_read = 0.0
+
+    def _reset(self) -> None:
+        self._loss_sum = torch.zeros((), device=self.device)
+        self._bad = torch.zeros((), dtype=torch.long, device=self.device)  # first bad step, 0 none
+        self._window_steps = self._tokens = 0
+
+    def length(self) -> int:
+        if len(self.lengths) == 1:
+            return self.lengths[0]
+        return self.lengths[int(torch.randint(len(self.lengths), (), generator=self.draws))]
+
+    def __call__(self) -> None:
+        length = self.length()
+        self.clock.start()
+        batch = self.task.sample(length, self.batch_size, self.gen, self.device)
+        with self.autocast:
+            loss = self.task.loss(self.model(batch.inputs), batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip or math.inf)
+        self.opt.step()
+        self.clock.stop()
+        self.step_count += 1
+        loss = loss.detach()
+        finite = torch.isfinite(loss) & torch.isfinite(norm)
+        self._bad = torch.where((self._bad == 0) & ~finite, self.step_count, self._bad)
+        self._loss_sum += loss
+        if self.step_count == 1:
+            self._initial = loss
+        self._window_steps += 1
+        self._tokens += self.batch_size * self.task.seq_len(length)
+
+    def window(self) -> Window:
+        """Read and reset the accumulators (one synchronisation)."""
+        seconds = self.clock.read()
+        bad = int(self._bad)
+        out = Window(self._window_steps, float(self._loss_sum) / max(1, self._window_steps),
+                     bad or None, float(self._initial), self._tokens,
+                     seconds - self._seconds_read)
+        self._seconds_read = seconds
+        self._reset()
+        return out
