@@ -119,7 +119,9 @@ def test_record_fields():
     assert record.key == cfg.key() and record.config == cfg
     assert record.seq_len == 25
     assert record.params_actual == count_parameters(model)
-    assert record.model_info == {"width": model.info["width"]}
+    assert record.model_info == {"width": model.info["width"],
+                                 "state_bytes_per_sample": 2 * model.info["width"] * 4,  # h, c
+                                 "state_bytes_per_position": 0}
     assert record.chance == 1 / 8 and record.baseline_loss == task.baseline_loss(5)
     assert record.solve_threshold == task.solve_threshold
     assert record.score_name == "accuracy" and record.status in STATUSES

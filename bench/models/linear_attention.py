@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.models.base import Core, Family
-from bench.models.primitives import Stack, precision, scan
+from bench.models.primitives import Stack, no_autocast, precision, scan
 from bench.strict import require
 
 CHUNK = 16
@@ -139,7 +139,10 @@ class GatedLinearAttention(nn.Module):
         return self.o(self.norm(o.to(x.dtype)).flatten(-2) * F.silu(self.g(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output(chunked(*self.project(x)), x)
+        q, k, v, log_alpha = self.project(x)
+        with no_autocast(x):
+            o = chunked(q, k, v, log_alpha)
+        return self.output(o, x)
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x_t (B, d), S (B, H, d_k, d_v) -> (B, d), the new S."""
@@ -189,9 +192,9 @@ class GLABlock(nn.Module):
 def build_gla(io, width, hp: GLAHP, max_len) -> Core:
     stack = Stack([GLABlock(width, hp) for _ in range(hp.layers)], nn.RMSNorm(width, eps=1e-5))
     d_k, d_v = hp.head_dims(width)
+    states = sum(b.attn.heads * b.attn.d_k * b.attn.d_v for b in stack.blocks)  # float32 S each
     info = {"layers": hp.layers, "heads": hp.heads, "d_k": d_k, "d_v": d_v,
-            "state_bytes_per_sample": hp.layers * hp.heads * d_k * d_v * 4,  # float32 S per layer
-            "state_bytes_per_position": 0}
+            "state_bytes_per_sample": 4 * states, "state_bytes_per_position": 0}
     return Core(stack, width, width, info)
 
 

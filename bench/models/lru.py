@@ -19,9 +19,9 @@ Block (their Fig. 1, Norm-Recurrence-GLU-Skip), `layers` times: x + Dropout(GLU(
 LRU(LayerNorm(x)))))), the GLU a Linear(H, 2H) whose halves a, b give a * sigmoid(b). No final
 norm: the model's linear head reads the residual stream.
 
-Training runs the recurrence as a parallel scan over time (bench.models.primitives.scan, shared
-with Mamba and gated linear attention): even-odd recursion, ceil(log2 L) levels, O(L) work and
-memory, no Python loop over steps. The recurrence always runs in float32/complex64 (complex128
+Training runs the recurrence as a chunked parallel scan over time (bench.models.primitives.scan,
+shared with Mamba and gated linear attention): O(L) work and memory in log_16(L) levels of 16
+vectorised steps, no Python loop over the sequence's steps. The recurrence always runs in float32/complex64 (complex128
 for a float64 model): autocast has no bfloat16 complex, so the projections may run in bf16 under
 autocast but the input projection is cast to float32 before the scan.
 

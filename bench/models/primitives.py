@@ -1,24 +1,27 @@
 """Pieces shared by the sequence-model families: a linear scan, a causal long convolution, a short
 causal depthwise convolution, and a stack of residual blocks that streams.
 
-- scan (LRU, Mamba, the inter-chunk state of gated linear attention): x_t = a_t x_{t-1} + b_t by
-  even-odd recursion, log depth and O(L) work, no loop over time steps.
+- scan (LRU, Mamba, the inter-chunk state of gated linear attention): x_t = a_t x_{t-1} + b_t as a
+  chunked scan, O(L) work in log_16(L) levels of 16 vectorised steps (no loop over the L steps),
+  with the adjoint scan as its backward.
 - causal_conv (S4D, Hyena): y_t = sum_{s <= t} k_{t-s} u_s per channel, by FFT (O(L log L)) above
   DIRECT_MAX_LEN steps and as a Toeplitz product at or below it.
 - ShortConv (Mamba, Hyena): a k-tap depthwise causal convolution with a k - 1 step buffer.
 - Stack: residual blocks in order, then an optional final norm, streaming block by block.
 
 Recurrences and FFTs run in float32 (float64 in a float64 model), never in half precision: under
-bf16 autocast the projections may run in bf16, and their outputs are cast up first (as the LRU
-does and as the references' kernels accumulate).
+bf16 autocast the projections may run in bf16, and their outputs are cast up first and the
+recurrence runs with autocast off (as the LRU does and as the references' kernels accumulate).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 DIRECT_MAX_LEN = 32  # causal_conv's crossover: measured equal speed on one CPU thread at 32 steps
+SCAN_CHUNK = 16  # steps per chunk of the chunked scan
 
 
 def precision(dtype: torch.dtype) -> torch.dtype:
@@ -27,32 +30,100 @@ def precision(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def no_autocast(t: torch.Tensor) -> torch.autocast:
+    """A context with autocast off on t's device, so that a recurrence's matmuls (einsum) run in
+    the precision of their float32 inputs rather than in bf16."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
 def scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """x_t = a_t * x_{t-1} + b_t along dim 1 of b (B, L, ...) from x_{-1} = 0 (real or complex).
+    """x_t = a_t * x_{t-1} + b_t along dim 1 of b (B, L, ...) from x_{-1} = 0 (real or complex);
+    x has b's shape.
 
     a is time-varying when it has b's rank and a dim 1 of size L > 1 (its other dims broadcast
-    against b's), constant in time otherwise (any shape that broadcasts against b[:, t], e.g.
-    (N,)). Even-odd recursion (the work-efficient parallel prefix of Ladner & Fischer 1980 and
-    Blelloch 1990, for the operator (a, b) o (a', b') = (a' a, a' b + b')): the pairs of steps
-    (2i, 2i+1) collapse into one step with coefficient a_{2i+1} a_{2i} and input
-    a_{2i+1} b_{2i} + b_{2i+1}; the scan of those L/2 steps gives x at the odd steps, and
-    x_{2i} = a_{2i} x_{2i-1} + b_{2i} the even ones. ceil(log2 L) levels and O(L) work and memory
-    in all, with only products of a's: no division, no exponential of a cumulative sum, so
-    |a| <= 1 keeps every intermediate bounded at any length.
+    against b's), constant in time otherwise (any shape that broadcasts against b[:, t] without
+    enlarging it, e.g. (N,)). Forward: chunked_scan. Backward: the adjoint recurrence, itself a
+    scan run backwards in time, lambda_t = g_t + conj(a_{t+1}) lambda_{t+1}, giving
+    grad b_t = lambda_t and grad a_t = lambda_t conj(x_{t-1}) (autograd's conjugate convention
+    for complex tensors); only a and x are kept for it. (Differentiable once.)
     """
-    length = b.shape[1]
-    if length < 2:
-        return b
-    half = length // 2
-    varying = a.dim() == b.dim() and a.shape[1] > 1
-    b_even, b_odd = b[:, 0::2], b[:, 1::2]
-    a_even, a_odd = (a[:, 0::2], a[:, 1::2]) if varying else (a, a)
-    a_pair = a_odd * a_even[:, :half] if varying else a * a
-    x_odd = scan(a_pair, a_odd * b_even[:, :half] + b_odd)  # x_1, x_3, ...
-    before = torch.cat([torch.zeros_like(x_odd[:, :1]), x_odd[:, : length - half - 1]], dim=1)
-    x_even = b_even + a_even * before  # x_0, x_2, ...
-    x = torch.stack([x_even[:, :half], x_odd], dim=2).flatten(1, 2)
-    return torch.cat([x, x_even[:, half:]], dim=1) if length % 2 else x
+    return b if b.shape[1] < 2 else _Scan.apply(a, b)
+
+
+def chunked_scan(a: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """scan's forward, outside autograd; with reverse, x_t = a_t x_{t+1} + b_t from x_L = 0.
+
+    The steps go in chunks of SCAN_CHUNK, every chunk at once: within each chunk a loop over its
+    positions runs the recurrence from a zero state and accumulates the product of the
+    coefficients since the chunk's entry; the states at the chunk exits then follow from the same
+    scan over the L / SCAN_CHUNK chunks (recursively, each chunk's whole product its coefficient),
+    and each step adds its product times the state that entered its chunk. log_SCAN_CHUNK(L)
+    levels of at most SCAN_CHUNK vectorised steps, O(L) work and memory; only products of a's
+    (no division, no exponential of a cumulative sum), so |a| <= 1 keeps every intermediate
+    bounded at any length.
+    """
+    if a.dim() < b.dim():  # constant: to b's rank, dim 1 of size 1
+        a = a.reshape((1,) * (b.dim() - 1 - a.dim()) + a.shape).unsqueeze(1)
+    varying, length, chunk = a.shape[1] > 1, b.shape[1], min(SCAN_CHUNK, b.shape[1])
+    pad = -length % chunk
+    x = _pad(b, pad).unflatten(1, (-1, chunk))  # (B, n, C, ...), a copy
+    product = _pad(a, pad).unflatten(1, (-1, chunk)) if varying else a[:, None, 0]
+    order = range(chunk - 2, -1, -1) if reverse else range(1, chunk)
+    for t in order:  # within every chunk at once
+        near = t + 1 if reverse else t - 1
+        x[:, :, t].addcmul_(product[:, :, t] if varying else product, x[:, :, near])
+        if varying:
+            product[:, :, t].mul_(product[:, :, near])
+    if x.shape[1] == 1:
+        return x.flatten(1, 2)[:, :length]
+    if not varying:  # a^(t+1) since the entry, a^(C-t) in reverse
+        product = a.expand(-1, chunk, *a.shape[2:]).cumprod(1).unsqueeze(1)
+        product = product.flip(2) if reverse else product
+    exit_ = 0 if reverse else -1
+    carry = chunked_scan(product[:, :, exit_], x[:, :, exit_], reverse)  # (B, n, ...)
+    entering = _shift(carry, later=reverse)[:, :, None]
+    if not varying:
+        x += product * entering
+    elif reverse:
+        x[:, :-1] += product[:, :-1] * entering[:, :-1]
+    else:
+        x[:, 1:] += product[:, 1:] * entering[:, 1:]
+    return x.flatten(1, 2)[:, :length]
+
+
+def _pad(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """x with `steps` zero steps appended along dim 1 (always a new tensor)."""
+    return torch.cat([x, x.new_zeros(x.shape[0], steps, *x.shape[2:])], dim=1)
+
+
+def _shift(x: torch.Tensor, later: bool) -> torch.Tensor:
+    """x moved one step along dim 1, zero-filled: x_{t+1} at t if later, else x_{t-1}."""
+    zero = torch.zeros_like(x[:, :1])
+    return torch.cat([x[:, 1:], zero] if later else [zero, x[:, :-1]], dim=1)
+
+
+class _Scan(torch.autograd.Function):
+    """scan with its adjoint as the backward, so that autograd keeps none of the forward's
+    intermediates and the backward is one more chunked scan."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        x = chunked_scan(a, b)
+        ctx.save_for_backward(a, x)
+        ctx.b_shape = b.shape
+        return x
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        a, x = ctx.saved_tensors
+        varying = a.dim() == x.dim() and a.shape[1] > 1
+        coefficient = _shift(a.conj(), later=True) if varying else a.conj()
+        adjoint = chunked_scan(coefficient, grad, reverse=True)
+        grad_a = None
+        if ctx.needs_input_grad[0]:
+            grad_a = (adjoint * _shift(x, later=False).conj()).sum_to_size(a.shape)
+        return grad_a, adjoint.sum_to_size(ctx.b_shape)
 
 
 def causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -65,7 +136,7 @@ def causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     returned in u's dtype.
     """
     length, dtype = u.shape[1], precision(u.dtype)
-    with torch.autocast(u.device.type, enabled=False):
+    with no_autocast(u):
         x, taps = u.to(dtype), k[:length].to(dtype)
         if length <= DIRECT_MAX_LEN:
             steps = torch.arange(length, device=u.device)

@@ -86,10 +86,12 @@ class S4D(nn.Module):
 
     def kernel(self, length: int) -> torch.Tensor:
         """K (L, H) real: 2 Re(sum_m C_m B_bar_m exp(l dt A_m)) for l = 0 .. L-1; each power of
-        A_bar taken as one exponential (|A_bar| < 1, so every term is bounded)."""
+        A_bar taken as one exponential (|A_bar| < 1, so every term is bounded), as modulus
+        exp(l Re(dt A)) and phase l Im(dt A) (a complex exp is ~4x slower on CPU)."""
         dt_a, _, b_bar, c = self.discrete()
         steps = torch.arange(length, device=dt_a.device, dtype=dt_a.real.dtype)
-        vandermonde = torch.exp(dt_a[:, :, None] * steps)  # (H, M, L)
+        vandermonde = torch.polar(torch.exp(dt_a.real[:, :, None] * steps),
+                                  dt_a.imag[:, :, None] * steps)  # (H, M, L)
         return 2 * torch.einsum("hm,hml->lh", c * b_bar, vandermonde).real
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
