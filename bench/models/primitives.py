@@ -50,8 +50,11 @@ def scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return b if b.shape[1] < 2 else _Scan.apply(a, b)
 
 
-def chunked_scan(a: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+def chunked_scan(a: torch.Tensor, b: torch.Tensor, reverse: bool = False,
+                 scratch: bool = False) -> torch.Tensor:
     """scan's forward, outside autograd; with reverse, x_t = a_t x_{t+1} + b_t from x_L = 0.
+    With scratch, b and a time-varying a may serve as working memory (their contents are lost),
+    which saves two copies of (B, L, ...) when L is a multiple of SCAN_CHUNK.
 
     The steps go in chunks of SCAN_CHUNK, every chunk at once: within each chunk a loop over its
     positions runs the recurrence from a zero state and accumulates the product of the
@@ -66,8 +69,12 @@ def chunked_scan(a: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> tor
         a = a.reshape((1,) * (b.dim() - 1 - a.dim()) + a.shape).unsqueeze(1)
     varying, length, chunk = a.shape[1] > 1, b.shape[1], min(SCAN_CHUNK, b.shape[1])
     pad = -length % chunk
-    x = _pad(b, pad).unflatten(1, (-1, chunk))  # (B, n, C, ...), a copy
-    product = _pad(a, pad).unflatten(1, (-1, chunk)) if varying else a[:, None, 0]
+    own = scratch and pad == 0
+    x = (b if own else _pad(b, pad)).unflatten(1, (-1, chunk))  # (B, n, C, ...)
+    if varying:
+        product = (a if own else _pad(a, pad)).unflatten(1, (-1, chunk))
+    else:
+        product = a[:, None, 0]
     order = range(chunk - 2, -1, -1) if reverse else range(1, chunk)
     for t in order:  # within every chunk at once
         near = t + 1 if reverse else t - 1
@@ -81,13 +88,13 @@ def chunked_scan(a: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> tor
         product = product.flip(2) if reverse else product
     exit_ = 0 if reverse else -1
     carry = chunked_scan(product[:, :, exit_], x[:, :, exit_], reverse)  # (B, n, ...)
-    entering = _shift(carry, later=reverse)[:, :, None]
+    entering = shift(carry, later=reverse)[:, :, None]
     if not varying:
-        x += product * entering
+        x.addcmul_(product, entering)
     elif reverse:
-        x[:, :-1] += product[:, :-1] * entering[:, :-1]
+        x[:, :-1].addcmul_(product[:, :-1], entering[:, :-1])
     else:
-        x[:, 1:] += product[:, 1:] * entering[:, 1:]
+        x[:, 1:].addcmul_(product[:, 1:], entering[:, 1:])
     return x.flatten(1, 2)[:, :length]
 
 
@@ -96,7 +103,7 @@ def _pad(x: torch.Tensor, steps: int) -> torch.Tensor:
     return torch.cat([x, x.new_zeros(x.shape[0], steps, *x.shape[2:])], dim=1)
 
 
-def _shift(x: torch.Tensor, later: bool) -> torch.Tensor:
+def shift(x: torch.Tensor, later: bool) -> torch.Tensor:
     """x moved one step along dim 1, zero-filled: x_{t+1} at t if later, else x_{t-1}."""
     zero = torch.zeros_like(x[:, :1])
     return torch.cat([x[:, 1:], zero] if later else [zero, x[:, :-1]], dim=1)
@@ -118,11 +125,11 @@ class _Scan(torch.autograd.Function):
     def backward(ctx, grad):
         a, x = ctx.saved_tensors
         varying = a.dim() == x.dim() and a.shape[1] > 1
-        coefficient = _shift(a.conj(), later=True) if varying else a.conj()
+        coefficient = shift(a.conj(), later=True) if varying else a.conj()
         adjoint = chunked_scan(coefficient, grad, reverse=True)
         grad_a = None
         if ctx.needs_input_grad[0]:
-            grad_a = (adjoint * _shift(x, later=False).conj()).sum_to_size(a.shape)
+            grad_a = (adjoint * shift(x, later=False).conj()).sum_to_size(a.shape)
         return grad_a, adjoint.sum_to_size(ctx.b_shape)
 
 
