@@ -73,10 +73,11 @@ def test_scan_gradients_are_the_adjoints(length):
     def leaf(*shape, dtype=torch.float64, scale=1.0):
         return (torch.randn(*shape, dtype=dtype) * scale).requires_grad_()
 
-    cases = [(torch.rand(1, length, 2, 1, dtype=torch.float64).requires_grad_(), leaf(1, length, 2, 2)),
-             (leaf(2, dtype=torch.complex128, scale=0.5), leaf(1, length, 2, dtype=torch.complex128)),
-             (leaf(1, length, 1, dtype=torch.complex128, scale=0.5),
-              leaf(1, length, 1, dtype=torch.complex128))]
+    complex_ = torch.complex128
+    cases = [(torch.rand(1, length, 2, 1, dtype=torch.float64).requires_grad_(),
+              leaf(1, length, 2, 2)),
+             (leaf(2, dtype=complex_, scale=0.5), leaf(1, length, 2, dtype=complex_)),
+             (leaf(1, length, 1, dtype=complex_, scale=0.5), leaf(1, length, 1, dtype=complex_))]
     for a, b in cases:
         assert torch.autograd.gradcheck(scan, (a, b))
 
@@ -215,7 +216,8 @@ def test_selective_scan_gradients(length):
     torch.manual_seed(length)
     dt = torch.rand(1, length, 2, dtype=torch.float64, requires_grad=True)
     a = (-2 * torch.rand(2, 3, dtype=torch.float64)).requires_grad_()
-    u, b, c = (torch.randn(1, length, n, dtype=torch.float64, requires_grad=True) for n in (2, 3, 3))
+    u, b, c = (torch.randn(1, length, n, dtype=torch.float64, requires_grad=True)
+               for n in (2, 3, 3))
     assert torch.autograd.gradcheck(mamba_module.SelectiveScan.apply, (dt, a, u, b, c))
 
 
@@ -274,7 +276,8 @@ def gla_loop(q, k, v, log_alpha):
     state = torch.zeros(*q.shape[:1], q.shape[2], q.shape[3], v.shape[3], dtype=q.dtype)
     outputs = []
     for t in range(q.shape[1]):
-        state = torch.exp(log_alpha[:, t])[..., None] * state + k[:, t, ..., None] * v[:, t, :, None]
+        state = (torch.exp(log_alpha[:, t])[..., None] * state
+                 + k[:, t, ..., None] * v[:, t, :, None])
         outputs.append((q[:, t, ..., None] * state).sum(-2))
     return torch.stack(outputs, 1)
 

@@ -13,7 +13,8 @@ One Hyena operator of order N (default 2), width d, on input u (B, L, d):
 (for N = 2: y = x^1 (h * (x^2 v) + beta (x^2 v)), then W_out). Each long filter is implicit
 (their Sec. 3.3), h_t = window(t) FFN(z_t) per channel, for the N-1 filters at once:
 
-    z_t = [t / (T-1), cos(f_b w_t), -sin(f_b w_t)]        w_t = 2 pi t / T, f_b = linspace(1e-4, B-1, B)
+    z_t = [t / (T-1), cos(f_b w_t), -sin(f_b w_t)]        w_t = 2 pi t / T
+                                                          f_b = linspace(1e-4, B-1, B)
     FFN = Linear(e, o), Sin, Linear(o, o), Sin, Linear(o, o), Sin, Linear(o, (N-1) d, no bias)
     Sin(x) = sin(w * x), one trained frequency w (o,) shared by the three activations, w = 1 at init
     window(t) = exp(-(t / (T-1)) |delta_c|),  delta_c = linspace(ln(1e-2)/1.5, ln(1e-2)/0.3)

@@ -20,7 +20,8 @@ d_k = round(0.5 d / H), d_v = round(d / H), the paper's d_k = d/2, d_v = d); per
 Training uses the chunkwise-parallel form (their Sec. 4), chunks of C = 16 steps. With b_t the
 cumulative log decay from the chunk's start through step t (b_t <= b_s <= 0 for s <= t):
 intra-chunk, o_t gets sum_{s <= t} (sum_j q_tj k_sj exp(b_tj - b_sj)) v_s, the exponents taken
-pairwise so that each is <= 0 (the paper's secondary chunking avoids exp(-b_s) the same way);
+pairwise so that each is <= 0 (the paper's numerically stable "log-space" parallel form, which its
+hardware-efficient version keeps only inside sub-chunks so that matmuls do the rest);
 inter-chunk, o_t gets (q_t * exp(b_t)) S_prev, the state entering the chunk; the states at chunk
 ends, S_c = diag(exp(b_last)) S_{c-1} + sum_s (k_s * exp(b_last - b_s))^T v_s, come from the shared
 parallel scan over chunks (bench.models.primitives.scan). Every exponent is <= 0, so nothing
@@ -38,9 +39,9 @@ Departures from fla's GLA: its weights are N(0, 0.02^2) with o and the SwiGLU's 
 scaled by 1/sqrt(2 layers), a language-model initialisation for widths in the hundreds, where at
 this suite's widths (tens) torch's defaults keep unit-scale activations; per-head widths are
 rounded (fla requires them to divide), and the SwiGLU width is not rounded up to a multiple of
-256. As in fla's defaults (and unlike the paper's biases on W_g), there is no short convolution,
-no feature map on q and k, and no bias on the projections. The recurrence runs in float32
-(float64 in a float64 model) whatever autocast says, as fla's kernels accumulate.
+256. As in fla's defaults there is no short convolution, no feature map on q and k, and no bias
+on the projections but b_a. The recurrence runs in float32 (float64 in a float64 model) whatever
+autocast says, as fla's kernels accumulate.
 
 Streaming state: per layer S (B, H, d_k, d_v), O(1) in the position.
 """

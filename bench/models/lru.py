@@ -21,9 +21,10 @@ norm: the model's linear head reads the residual stream.
 
 Training runs the recurrence as a chunked parallel scan over time (bench.models.primitives.scan,
 shared with Mamba and gated linear attention): O(L) work and memory in log_16(L) levels of 16
-vectorised steps, no Python loop over the sequence's steps. The recurrence always runs in float32/complex64 (complex128
-for a float64 model): autocast has no bfloat16 complex, so the projections may run in bf16 under
-autocast but the input projection is cast to float32 before the scan.
+vectorised steps, no Python loop over the sequence's steps, and its adjoint as the backward. The
+recurrence always runs in float32/complex64 (complex128 for a float64 model): autocast has no
+bfloat16 complex, so the projections may run in bf16 under autocast but the input projection is
+cast to float32 before the scan.
 
 Streaming state: per layer the complex state x (B, N), O(1) in the position; a step is one
 update of the recurrence (new tensors, the given state untouched).

@@ -7,7 +7,7 @@ dt rank R (default ceil(d / 16)); for input u_t (d,):
 
     x_t, z_t = in_proj(u_t)                            Linear(d, 2E), no bias; two halves (E,)
     x_t = SiLU(conv(x)_t)                              depthwise causal conv, d_conv = 4 taps, bias
-    dt_t = softplus(W_up W_down x_t + b_dt)            (E,): W_down (R, E) inside x_proj, W_up (E, R)
+    dt_t = softplus(W_up W_down x_t + b_dt)            (E,); W_down (R, E) in x_proj, W_up (E, R)
     B_t = W_B x_t,  C_t = W_C x_t                      (N,) each, no bias (x_proj's other rows)
     h_t = exp(dt_t A) * h_{t-1} + (dt_t x_t) B_t       (E, N), h_{-1} = 0; A = -exp(A_log) (E, N)
     y_t = h_t C_t + D * x_t                            (E,)
@@ -16,12 +16,15 @@ dt rank R (default ceil(d / 16)); for input u_t (d,):
 The discretisation is the reference's (selective_scan_ref): A_bar = exp(dt A) (zero-order hold),
 B_bar = dt B (its first-order simplification), so the state update takes dt_t x_t B_t.
 
-Training runs the recurrence, time-varying and real, as the shared chunked parallel scan
-(bench.models.primitives.scan): O(L) work in log_16(L) levels of 16 vectorised steps, no loop over
-the sequence's steps, the backward one more such scan (the adjoint). Every coefficient
-exp(dt_t A) lies in (0, 1] and the scan multiplies coefficients only, so nothing grows with L (no
-exponential of a cumulative sum). The state (B, L, E, N) is materialised, as the reference's
-PyTorch path does; its fused CUDA kernel keeps it in SRAM instead.
+Training runs the recurrence, time-varying and real, as the shared chunked scan
+(bench.models.primitives.chunked_scan: O(L) work in log_16(L) levels of 16 vectorised steps, no
+loop over the sequence's steps) inside SelectiveScan, an autograd function whose backward is the
+adjoint recurrence, one more such scan run backwards (the reference's selective_scan_fn also has
+its own backward). Every coefficient exp(dt_t A) lies in (0, 1] and the scan multiplies
+coefficients only, so nothing grows with L (no exponential of a cumulative sum). The state
+(B, L, E, N) is materialised, in groups of inner channels, and kept for the backward, as the
+reference's PyTorch path (selective_scan_ref) materialises it; its fused CUDA kernel keeps it in
+SRAM and recomputes it instead.
 
 Initialisation as the reference: A_n = -(n + 1) for n = 0 .. N-1 in every channel (S4D-Real),
 stored as A_log = log(n + 1); D = 1; dt_proj's weight U(-R^-1/2, R^-1/2) and its bias the
@@ -93,8 +96,8 @@ class SelectiveScan(torch.autograd.Function):
     scan, lambda_t = exp(dt_{t+1} A) lambda_{t+1} + grad_y_t C_t, and every gradient is
     contracted from lambda and h: grad (u B)_t = lambda_t, grad (dt A)_t = lambda_t *
     exp(dt_t A) h_{t-1} = lambda_t (h_t - u_t B_t). Of the (B, L, E, N) tensors only h is kept,
-    and only two are made on each pass (on CPU each fresh one costs as much as several passes).
-    """
+    and two are made in the forward and three in the backward (on CPU a fresh large tensor costs
+    more than a pass over one in memory)."""
 
     @staticmethod
     def forward(ctx, dt, a, u, b, c):
@@ -119,8 +122,8 @@ class SelectiveScan(torch.autograd.Function):
 
 
 def outer(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(B, L, E) and (B, L, N) -> (B, L, E, N), x_ble y_bln (einsum's path is ~10x faster on CPU
-    than a broadcast multiplication)."""
+    """(B, L, E) and (B, L, N) -> (B, L, E, N), x_ble y_bln (einsum: faster on CPU than a
+    broadcast multiplication)."""
     return torch.einsum("ble,bln->blen", x, y)
 
 
@@ -134,7 +137,8 @@ class Mamba(nn.Module):
         self.conv = ShortConv(inner, hp.d_conv)
         self.x_proj = nn.Linear(inner, rank + 2 * n, bias=False)
         self.dt_proj = nn.Linear(rank, inner)
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(inner, 1))
+        a = torch.arange(1, n + 1, dtype=torch.float32).repeat(inner, 1)  # -A, S4D-Real
+        self.A_log = nn.Parameter(torch.log(a))
         self.D = nn.Parameter(torch.ones(inner))
         self.out_proj = nn.Linear(inner, width, bias=False)
         with torch.no_grad():
@@ -145,7 +149,7 @@ class Mamba(nn.Module):
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
             self.out_proj.weight /= math.sqrt(hp.layers)
 
-    def selection(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def selection(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """From the convolved inner input x (..., E): x, dt (..., E), B and C (..., N), all in the
         recurrence's precision."""
         rank, n = self.dt_proj.in_features, self.A_log.shape[1]

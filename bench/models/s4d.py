@@ -5,7 +5,7 @@ in pure PyTorch; checked against the reference's minimal S4D (state-spaces/s4, m
 One S4D layer, H channels, each an independent single-input single-output SSM of state size N
 held as M = N/2 complex modes (their conjugates implicit: the 2 Re below), per channel h:
 
-    x'(t) = A x(t) + B u(t),  y(t) = 2 Re(C x(t)) + D u(t)       A = diag(-exp(log_A_real) + i A_imag)
+    x'(t) = A x(t) + B u(t),  y(t) = 2 Re(C x(t)) + D u(t)       A = -exp(log_A_real) + i A_imag
     A_bar = exp(dt A),  B_bar = (exp(dt A) - 1) / A * B           zero-order hold (their eq. 5)
     K_l = 2 Re(sum_m C_m A_bar_m^l B_bar_m),  l = 0 .. L-1       the kernel, a Vandermonde product
     y = K * u + D u                                               causal convolution
@@ -72,7 +72,8 @@ class S4D(nn.Module):
         log_dt = torch.rand(width) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
         self.log_dt = nn.Parameter(log_dt)
         self.log_A_real = nn.Parameter(torch.full((width, modes), math.log(0.5)))
-        self.A_imag = nn.Parameter(math.pi * torch.arange(modes, dtype=torch.float32).repeat(width, 1))
+        modes_n = torch.arange(modes, dtype=torch.float32).repeat(width, 1)
+        self.A_imag = nn.Parameter(math.pi * modes_n)
         self.C = nn.Parameter(torch.view_as_real(torch.randn(width, modes, dtype=torch.complex64)))
         self.D = nn.Parameter(torch.randn(width))
 
