@@ -42,8 +42,9 @@ convolutions run in float32 whatever autocast says.
 Streaming state: per layer the short convolution's last 2 inputs (B, (N+1) d, 2), constant, and
 the inputs of each of the N-1 long convolutions so far, (B, t, d) each: the state grows with the
 position like a Transformer's KV cache ((N-1) d values per layer and step, where a KV cache holds
-2 d), since an implicit filter has no recurrent form (the paper's distillation into a recurrence
-is left out). A step recomputes the filter for positions 0 .. t and convolves its cache: O(t).
+2 d), since an implicit filter has no recurrent form (distilling it into one, Massaroli et al.
+2023, "Laughing Hyena Distillery", is left out; the reference has none). A step recomputes the
+filter for positions 0 .. t and convolves its cache: O(t).
 """
 from __future__ import annotations
 
