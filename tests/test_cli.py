@@ -69,8 +69,8 @@ def test_run_exit_code_reports_failed_cell(tmp_path):
 RUN_ERRORS = {
     "unknown task": (["--task", "nope", "--model", "rnn", "--length", "4"],
                      ["task: unknown value 'nope'", f"allowed: {TASK_NAMES}"]),
-    "unknown model": (["--task", "copy", "--model", "mamba", "--length", "4"],
-                      ["model: unknown value 'mamba'", f"allowed: {MODELS}"]),
+    "unknown model": (["--task", "copy", "--model", "rwkv", "--length", "4"],
+                      ["model: unknown value 'rwkv'", f"allowed: {MODELS}"]),
     "length 0": (["--task", "copy", "--model", "rnn", "--length", "0"],
                  ["length: task 'copy' needs an integer length >= 1, got 0"]),
     "length -1": (["--task", "parity", "--model", "rnn", "--length=-1"],
@@ -129,8 +129,8 @@ SWEEP_ERRORS = {
                    ["train.steps: expected int, got str 'ten'"]),
     "empty tasks": (VALID_SWEEP.replace('tasks = ["parity"]', "tasks = []"),
                     ["tasks: must not be empty"]),
-    "unknown model": (VALID_SWEEP.replace('models = ["rnn"]', 'models = ["rnn", "mamba"]'),
-                      ["model: unknown value 'mamba'", f"allowed: {MODELS}"]),
+    "unknown model": (VALID_SWEEP.replace('models = ["rnn"]', 'models = ["rnn", "rwkv"]'),
+                      ["model: unknown value 'rwkv'", f"allowed: {MODELS}"]),
     "lengths table missing a task": (
         VALID_SWEEP.replace('tasks = ["parity"]', 'tasks = ["parity", "copy"]')
         .replace("lengths = [2]", "lengths = { parity = [2] }"),

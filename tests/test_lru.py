@@ -162,8 +162,10 @@ def test_gamma_normalises_the_state():
 def test_info_and_state_size():
     net = build(TOKENS, budget=20_000, layers=3, state_mult=1.5, r_min=0.5)
     width = net.info["width"]
-    assert net.info == {"width": width, "state_size": round(1.5 * width), "layers": 3,
-                        "r_min": 0.5, "r_max": 0.99, "max_phase": 2 * math.pi}
+    n = round(1.5 * width)
+    assert net.info == {"width": width, "state_size": n, "layers": 3,
+                        "r_min": 0.5, "r_max": 0.99, "max_phase": 2 * math.pi,
+                        "state_bytes_per_sample": 3 * n * 8, "state_bytes_per_position": 0}
     assert len(net.core.blocks) == 3
     assert all(b.lru.B_re.shape == (round(1.5 * width), width) for b in net.core.blocks)
 

@@ -315,7 +315,7 @@ POINT_ERRORS = {
     "length type": ({"length": "8"}, ["length: expected int, got str '8'"]),
     "batch 0": ({"batch_size": 0}, ["batch_size: must be >= 1, got 0"]),
     "params": ({"params": 50}, ["params: must be >= 100, got 50"]),
-    "model": ({"model": "mamba"}, ["model: unknown value 'mamba'"]),
+    "model": ({"model": "rwkv"}, ["model: unknown value 'rwkv'"]),
     "task": ({"task": "sorting"}, ["task: unknown value 'sorting'"]),
     "hparams": ({"hparams": {"depth": 2}}, ["hparams.depth: unknown key"]),
 }
@@ -571,7 +571,7 @@ def test_cli_measure_writes_records_tables_and_calibration(tmp_path, capsys):
 
 
 CLI_ERRORS = {
-    "unknown model": (["--models", "rnn,mamba"], ["model: unknown value 'mamba'"]),
+    "unknown model": (["--models", "rnn,rwkv"], ["model: unknown value 'rwkv'"]),
     "length not a number": (["--lengths", "8,x"], ["--lengths: expected a comma-separated list"]),
     "length 0": (["--lengths", "0"], ["length: task 'parity' needs an integer length >= 1, got 0"]),
     "no lengths": (["--lengths", ","], ["--lengths: must not be empty"]),

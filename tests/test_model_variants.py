@@ -215,7 +215,9 @@ def test_peephole_lstm_forget_bias_and_info(layers):
     for layer in net.core.layers:
         assert torch.all(layer.bias_ih[w : 2 * w] == 2.0)
         assert torch.all(layer.bias_hh[w : 2 * w] == 0.0)
-    assert set(build("lstm", TOKENS, 10).info) == {"width"}  # plain LSTM records stay as they were
+    # plain LSTM records hold only the width and the state growth every family declares
+    assert set(build("lstm", TOKENS, 10).info) == {
+        "width", "state_bytes_per_sample", "state_bytes_per_position"}
 
 
 def test_peephole_dropout_between_layers_only_in_training():

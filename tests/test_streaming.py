@@ -104,26 +104,50 @@ def test_step_is_functional(name, hp):
 
 @variants
 def test_state_size(name, hp):
-    """Exact state bytes: constant for recurrent nets and TCNs, linear in t for the Transformer."""
+    """Exact state bytes at every position t = 0 .. 10: batch * (per_sample + t * per_position),
+    the growth each family declares in its info (test_declared_state_growth checks those)."""
     batch, net = 2, build(name, hp)
     x, state = random_inputs(TOKENS, batch, 10), net.init_state(batch)
-    sizes = {0: state_bytes(state)}  # at every position t = 0 .. 10
+    sizes = {0: state_bytes(state)}
     with torch.no_grad():
         for t in range(10):
             _, state = net.step(x[:, t], state)
             sizes[t + 1] = state_bytes(state)
-    width, per_value = net.info["width"], 4  # float32
+    per_sample = net.info["state_bytes_per_sample"]
+    per_position = net.info["state_bytes_per_position"]
+    assert sizes == {t: batch * (per_sample + t * per_position) for t in sizes}
+
+
+@variants
+def test_declared_state_growth(name, hp):
+    """Each family's declared state growth against a hand count from its architecture: constant
+    for the recurrent nets, TCNs and the SSMs, linear in t for the Transformer (a key and a value
+    per layer) and Hyena (each long convolution's input per layer). Bytes of float32 values."""
+    net = build(name, hp)
+    info, width, per_value = net.info, net.info["width"], 4
+    layers = getattr(parse_hparams(name, dict(hp)), "layers", None)
+    per_sample, per_position = 0, 0
     if name == "transformer":
-        per_position = batch * len(net.core.blocks) * 2 * width * per_value  # a key and a value
-        assert sizes == {t: t * per_position for t in sizes}
-    elif name == "tcn":
-        assert set(sizes.values()) == {batch * width * (net.info["receptive_field"] - 1) * per_value}
-    elif name == "lru":  # one complex64 state (B, N) per layer
-        assert set(sizes.values()) == {len(net.core.blocks) * batch * net.info["state_size"] * 8}
-    else:
+        per_position = layers * 2 * width * per_value
+    elif name == "tcn":  # the last receptive_field - 1 inputs of each channel, over the levels
+        per_sample = width * (info["receptive_field"] - 1) * per_value
+    elif name in ("rnn", "gru", "lstm"):
         tensors = 2 if name == "lstm" else 1  # (h, c) or h
-        expected = tensors * hp.get("layers", 1) * batch * width * per_value
-        assert set(sizes.values()) == {expected}
+        per_sample = tensors * layers * width * per_value
+    elif name == "lru":  # one complex64 state (N,) per layer
+        per_sample = layers * info["state_size"] * 8
+    elif name == "s4d":  # d_state / 2 complex64 modes per channel and layer
+        per_sample = layers * width * 32 * 8
+    elif name == "mamba":  # E = 2 width inner channels: 3 conv inputs and 16 SSM states each
+        per_sample = layers * 2 * width * (3 + 16) * per_value
+    elif name == "linear_attention":  # 4 heads of S (d_k, d_v), d_k = d/8, d_v = d/4 rounded
+        per_sample = layers * 4 * round(width / 8) * round(width / 4) * per_value
+    elif name == "hyena":  # 2 short-conv inputs of 3 width channels; one long-conv input
+        per_sample, per_position = layers * 3 * width * 2 * per_value, layers * width * per_value
+    else:
+        pytest.fail(f"no hand count for {name}: add one")
+    assert (info["state_bytes_per_sample"], info["state_bytes_per_position"]) == (
+        per_sample, per_position)
 
 
 def test_learned_positions_stop_at_max_len():

@@ -54,7 +54,7 @@ def mtimes(folder: Path) -> dict[str, int]:
 def test_smoke_sweep_writes_every_cell_and_table(smoke):
     cells = preset("smoke").cells()
     files = sorted((smoke / "cells").iterdir())
-    assert len(files) == len(cells) == 13 * 6 * 2 + 2 * 2  # tasks x families x lengths + variant
+    assert len(files) == len(cells) == 13 * len(FAMILIES) * 2 + 2 * 2  # tasks x families x lengths + variant
     records = Store(smoke).load()
     assert set(records) == {c.key() for c in cells}
     for path in files:

@@ -122,7 +122,9 @@ def test_record_fields():
     assert record.key == cfg.key() and record.config == cfg.to_dict()
     assert record.seq_len == 25
     assert record.params_actual == count_parameters(model)
-    assert record.model_info == {"width": model.info["width"]}
+    assert record.model_info == {"width": model.info["width"],
+                                 "state_bytes_per_sample": 2 * model.info["width"] * 4,  # h, c
+                                 "state_bytes_per_position": 0}
     assert record.chance == 1 / 8 and record.baseline_loss == task.baseline_loss(5)
     assert record.solve_threshold == task.solve_threshold
     assert record.score_name == "accuracy" and record.status in STATUSES
@@ -181,8 +183,8 @@ def test_key_identifies_the_experiment():
     ("change", "message"),
     [
         ({"task": "nope"}, rf"^task: unknown value 'nope'; allowed: {', '.join(sorted(TASKS))}$"),
-        ({"model": "mamba"},
-         rf"^model: unknown value 'mamba'; allowed: {', '.join(sorted(FAMILIES))}$"),
+        ({"model": "rwkv"},
+         rf"^model: unknown value 'rwkv'; allowed: {', '.join(sorted(FAMILIES))}$"),
         ({"length": 0}, r"^length: "),
         ({"task": "adding", "length": 1},
          r"^length: task 'adding' needs an integer length >= 2, got 1$"),

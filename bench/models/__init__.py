@@ -1,16 +1,35 @@
-"""Model families behind one registry, each sized to a shared parameter budget."""
+"""Model families behind one registry, each sized to a shared parameter budget.
+
+Every family's Core.info declares how its streaming state grows, from the built module's shapes:
+"state_bytes_per_sample", the bytes per sample that do not depend on the position (float32
+values; complex64 ones count 8), and "state_bytes_per_position", the bytes per sample added by
+each step (0 for a constant-state family; a Transformer's KV cache, Hyena's long-convolution
+inputs). After t steps a batch of B holds B * (per_sample + t * per_position) bytes. A model that
+does not stream (a bidirectional recurrent net) declares neither.
+"""
 from __future__ import annotations
 
 import warnings
 from typing import Any
 
-from seqbench.models import lru, recurrent, tcn, transformer
+from seqbench.models import (
+    hyena,
+    linear_attention,
+    lru,
+    mamba,
+    recurrent,
+    s4d,
+    tcn,
+    transformer,
+)
 from seqbench.models.base import Family, SequenceModel, count_parameters, state_bytes
 from seqbench.strict import check_choice, from_mapping
 from seqbench.tasks.base import IOSpec
 
 FAMILIES: dict[str, Family] = {
-    f.name: f for module in (recurrent, tcn, transformer, lru) for f in module.FAMILIES
+    f.name: f
+    for module in (recurrent, tcn, transformer, lru, s4d, mamba, linear_attention, hyena)
+    for f in module.FAMILIES
 }
 
 

@@ -19,11 +19,12 @@ Block (their Fig. 1, Norm-Recurrence-GLU-Skip), `layers` times: x + Dropout(GLU(
 LRU(LayerNorm(x)))))), the GLU a Linear(H, 2H) whose halves a, b give a * sigmoid(b). No final
 norm: the model's linear head reads the residual stream.
 
-Training runs the recurrence as a parallel (Hillis-Steele) scan over time: log2(L) rounds of
-x[t] += Lambda^s x[t - s] for s = 1, 2, 4, ..., O(L log L) work and memory, no Python loop over
-steps. The recurrence always runs in float32/complex64 (complex128 for a float64 model): autocast
-has no bfloat16 complex, so the projections may run in bf16 under autocast but the input
-projection is cast to float32 before the scan.
+Training runs the recurrence as a chunked parallel scan over time (seqbench.models.primitives.scan,
+shared with Mamba and gated linear attention): O(L) work and memory in log_16(L) levels of 16
+vectorised steps, no Python loop over the sequence's steps, and its adjoint as the backward. The
+recurrence always runs in float32/complex64 (complex128 for a float64 model): autocast has no
+bfloat16 complex, so the projections may run in bf16 under autocast but the input projection is
+cast to float32 before the scan.
 
 Streaming state: per layer the complex state x (B, N), O(1) in the position; a step is one
 update of the recurrence (new tensors, the given state untouched).
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqbench.models.base import Core, Family
+from seqbench.models.primitives import scan
 from seqbench.strict import require
 
 
@@ -62,21 +64,6 @@ class LRUHP:
 
     def state_size(self, width: int) -> int:
         return max(1, round(self.state_mult * width))
-
-
-def scan(lam: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """x_t = lam * x_{t-1} + b_t along dim 1 of b (B, L, N) from x_{-1} = 0, with lam (N,)
-    constant in time: a Hillis-Steele inclusive scan in ceil(log2 L) rounds (any L >= 0).
-
-    After the round with shift s, x[t] sums the last 2s terms lam^(t-j) b_j (all of them when
-    t < 2s); combining it with the window that ends s steps earlier multiplies that by lam^s.
-    """
-    x, power, shift = b, lam, 1
-    while shift < b.shape[1]:
-        x = torch.cat([x[:, :shift], x[:, shift:] + power * x[:, :-shift]], dim=1)
-        power = power * power
-        shift *= 2
-    return x
 
 
 class LRU(nn.Module):
@@ -192,9 +179,12 @@ class DeepLRU(nn.Module):
 
 
 def build_lru(io, width, hp: LRUHP, max_len) -> Core:
-    info = {"state_size": hp.state_size(width), "layers": hp.layers, "r_min": hp.r_min,
-            "r_max": hp.r_max, "max_phase": hp.max_phase}
-    return Core(DeepLRU(width, hp), width, width, info)
+    core = DeepLRU(width, hp)
+    info = {"state_size": core.state, "layers": hp.layers, "r_min": hp.r_min,
+            "r_max": hp.r_max, "max_phase": hp.max_phase,
+            "state_bytes_per_sample": len(core.blocks) * core.state * 8,  # complex64 (B, N) each
+            "state_bytes_per_position": 0}
+    return Core(core, width, width, info)
 
 
 FAMILIES = [
@@ -204,5 +194,6 @@ FAMILIES = [
         "parallel scan; pre-LN residual blocks with GLU",
         LRUHP,
         build_lru,
+        version=2,  # 2: the chunked scan (seqbench.models.primitives) replaced Hillis-Steele
     )
 ]

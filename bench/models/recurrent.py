@@ -187,11 +187,18 @@ def _torch_rnn(cls: type[nn.RNNBase], width: int, hp: RecurrentHP, **kwargs) -> 
     )
 
 
-def _core(rnn: nn.RNNBase, width: int, info: dict | None = None) -> Core:
-    """The Core of a torch recurrent module: input width, output width times the directions."""
-    info = dict(info or {})
+def state_growth(tensors: int, layers: int, hidden: int) -> dict:
+    """Streaming state info: `tensors` float32 (layers, B, hidden) tensors, constant in t."""
+    return {"state_bytes_per_sample": tensors * layers * hidden * 4, "state_bytes_per_position": 0}
+
+
+def _core(rnn: nn.RNNBase, width: int) -> Core:
+    """The Core of a torch recurrent module: input width, output width times the directions; a
+    bidirectional one does not stream, so it declares no state growth."""
     if rnn.bidirectional:
-        info |= {"bidirectional": True, "causal": False}
+        info = {"bidirectional": True, "causal": False}
+    else:
+        info = state_growth(2 if isinstance(rnn, nn.LSTM) else 1, rnn.num_layers, rnn.hidden_size)
     return Core(Recurrent(rnn), width, width * (2 if rnn.bidirectional else 1), info)
 
 
@@ -217,7 +224,8 @@ def build_lstm(io, width, hp: LSTMHP, max_len):
         dropout = hp.dropout if hp.layers > 1 else 0.0
         lstm = PeepholeLSTM(width, width, hp.layers, dropout)
         set_forget_bias(((m.bias_ih, m.bias_hh) for m in lstm.layers), width, hp.forget_bias)
-        return Core(lstm, width, width, {"peephole": True})
+        info = {"peephole": True} | state_growth(2, lstm.num_layers, lstm.hidden_size)
+        return Core(lstm, width, width, info)
     lstm = _torch_rnn(nn.LSTM, width, hp)
     params = dict(lstm.named_parameters())
     pairs = [

@@ -135,8 +135,11 @@ def build_tcn(io, width, hp: TCNHP, max_len):
             f"cover sequence length {max_len}",
             stacklevel=2,
         )
-    info = {"levels": levels, "receptive_field": field}
-    return Core(TCN(width, levels, hp.kernel_size, hp.dropout), width, width, info)
+    tcn = TCN(width, levels, hp.kernel_size, hp.dropout)
+    buffered = sum(m.pad * m.conv.in_channels for m in tcn.modules() if isinstance(m, CausalConv1d))
+    info = {"levels": levels, "receptive_field": field,
+            "state_bytes_per_sample": buffered * 4, "state_bytes_per_position": 0}  # float32
+    return Core(tcn, width, width, info)
 
 
 FAMILIES = [Family("tcn", "temporal convolutional network (Bai et al. 2018)", TCNHP, build_tcn)]

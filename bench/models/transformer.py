@@ -260,8 +260,11 @@ POSITIONS = ("sinusoidal", "learned", "rope", "alibi")
 def _build(width: int, hp: TransformerHP, max_len: int, ff_width: int | None = None) -> Core:
     d_model = width * hp.heads  # width counts head-sized units so that every width is valid
     ff_width = ff_width or max(1, round(hp.ff_mult * d_model))
-    info = {"ff_width": ff_width, "positions": hp.positions}
-    return Core(Transformer(d_model, hp, ff_width, max_len), d_model, d_model, info)
+    model = Transformer(d_model, hp, ff_width, max_len)
+    info = {"ff_width": ff_width, "positions": hp.positions, "state_bytes_per_sample": 0,
+            # a float32 key and value of width d_model per layer and position
+            "state_bytes_per_position": len(model.blocks) * 2 * d_model * 4}
+    return Core(model, d_model, d_model, info)
 
 
 def build_transformer(io, width, hp: TransformerHP, max_len) -> Core:
