@@ -244,11 +244,12 @@ def test_ab_against_git_ref_runs_the_other_code(tmp_path, monkeypatch, capsys):
     subprocess.run([*git, "commit", "-q", "-m", "base"], check=True)
     measure = repo / "bench" / "measure" / "point.py"
     text = measure.read_text()
-    step = "        loss.backward()\n        self.opt.step()\n"
-    assert text.count(step) == 1
-    measure.write_text(text.replace(step, step + (
-        "        if self.point.model == 'lstm':  # test patch: twice the work\n"
-        "            self.task.loss(self.model(self.batch.inputs), self.batch).backward()\n")))
+    anchor = "        self.opt = self.train_step.opt\n"
+    assert text.count(anchor) == 1
+    measure.write_text(text.replace(anchor, anchor + (
+        "        if point.model == 'lstm':  # test patch: twice the work\n"
+        "            once = self.train_step\n"
+        "            self.train_step = lambda: (once(), once())\n")))
     monkeypatch.setenv("SEQBENCH_TEST_SLOWDOWN", "tcn=1.5")
     monkeypatch.setattr(perf_module, "CODE", (repo / "bench").resolve())  # "this code" = repo
     argv = ["gate", "--perf", "--against", "HEAD", "--current", str(tmp_path / "ab"), *TINY]
