@@ -261,3 +261,21 @@ def test_error_cells_keep_the_traceback(monkeypatch):
     record = run_cell(make_cell("parity", "rnn", 2))
     assert record.status == "error"
     assert record.error.startswith("Traceback") and "ValueError: broken forward" in record.error
+
+
+def test_compile_is_validated_and_enters_the_key():
+    assert make_cell("parity", "rnn", 2, compile="none").key() == make_cell("parity", "rnn", 2).key()
+    assert make_cell("parity", "rnn", 2, compile="default").key() != make_cell(
+        "parity", "rnn", 2).key()
+    with pytest.raises(ConfigError, match="train.compile: unknown value 'fast'; allowed: "
+                                          "default, none, reduce-overhead"):
+        make_cell("parity", "rnn", 2, compile="fast")
+
+
+@pytest.mark.slow
+def test_compiled_cell_trains_and_records_its_compile_time():
+    """torch.compile on the CPU (inductor): the cell trains, the compile time is kept apart."""
+    record = run_cell(make_cell("parity", "transformer", 2, compile="default", steps=20,
+                                eval_every=10, lr=1e-2))
+    assert record.status in ("solved", "budget"), record.error
+    assert record.compile_s > record.train_time_s > 0

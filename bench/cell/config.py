@@ -25,6 +25,7 @@ from seqbench.strict import (
 from seqbench.tasks import TASKS, get_task
 
 DEVICES = ("cpu", "cuda")
+COMPILE_MODES = ("none", "default", "reduce-overhead")
 # The training and evaluation protocol every cell follows (seqbench.cell.train): bump it whenever
 # a change there changes what a config produces (streams, stopping rules, the step), so that no
 # record of the old protocol is reused. 2: train/validation/test streams, choices on validation.
@@ -44,6 +45,9 @@ class TrainConfig:
     eval_samples: int = setting(512, "size of each separately seeded held-out set")
     timeout_s: float = setting(0.0, "wall-clock limit of the cell in seconds (status timeout); "
                                "0: none", added=True)
+    compile: str = setting("none", "torch.compile the model's forward: none, default, or "
+                           "reduce-overhead (CUDA graphs); compile time is recorded; it dominates "
+                           "a short CPU cell", choices=COMPILE_MODES, added=True)
 
     def validate(self, where: str) -> None:
         p = f"{where}." if where else ""
@@ -55,6 +59,7 @@ class TrainConfig:
         require(self.clip >= 0, p + "clip", f"must be >= 0 (0 disables), got {self.clip}")
         require(self.timeout_s >= 0, p + "timeout_s", f"must be >= 0 (0: none), got "
                 f"{self.timeout_s}")
+        check_choice(p + "compile", self.compile, COMPILE_MODES)
 
 
 TRAIN_LENGTHS = ("range", "fixed")

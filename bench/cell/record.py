@@ -59,6 +59,7 @@ class CellRecord:
     wall_time_s: float = 0.0
     train_time_s: float = 0.0  # optimisation only, evaluation excluded
     train_tokens_per_s: float | None = None
+    compile_s: float | None = None  # train.compile: the time compilation took (kept apart)
     error: str | None = None
     history: list = field(default_factory=list)  # {step, train_loss, val_loss, val_score}
     # gradient flow through time (seqbench.cell.gradflow): {"untrained": flow, "trained": flow},

@@ -97,8 +97,13 @@ class TrainStep:
 
     def __init__(self, model: torch.nn.Module, task: Task, *, lengths: list[int], batch_size: int,
                  lr: float, weight_decay: float = 0.0, clip: float = 0.0, seed: int = 0,
-                 device: str | torch.device = "cpu", autocast: torch.dtype | None = None):
+                 device: str | torch.device = "cpu", autocast: torch.dtype | None = None,
+                 compile: str = "none"):
         self.model, self.task, self.lengths, self.batch_size = model, task, lengths, batch_size
+        # the forward the step runs: the model itself, or torch.compile's version of it (the
+        # first call compiles; its time is kept apart in compile_s, not in the window's time)
+        self.forward = model if compile == "none" else torch.compile(model, mode=compile)
+        self.compile_s: float | None = None
         self.device, self.clip = torch.device(device), clip
         self.opt = make_optimizer(model, lr, weight_decay, device)
         self.params = [p for p in model.parameters()]
@@ -123,11 +128,13 @@ class TrainStep:
         return self.lengths[int(torch.randint(len(self.lengths), (), generator=self.draws))]
 
     def __call__(self) -> None:
+        if self.forward is not self.model and self.compile_s is None:
+            self._compile()
         length = self.length()
         self.clock.start()
         batch = self.task.sample(length, self.batch_size, self.gen, self.device)
         with self.autocast:
-            loss = self.task.loss(self.model(batch.inputs), batch)
+            loss = self.task.loss(self.forward(batch.inputs), batch)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip or math.inf)
@@ -142,6 +149,19 @@ class TrainStep:
             self._initial = loss
         self._window_steps += 1
         self._tokens += self.batch_size * self.task.seq_len(length)
+
+    def _compile(self) -> None:
+        """Compile (forward and backward of one batch, no update), timed on its own."""
+        batch = self.task.sample(self.lengths[-1], self.batch_size,
+                                 torch.Generator(self.device).manual_seed(0), self.device)
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        sync()
+        t0 = time.perf_counter()
+        with self.autocast:
+            self.task.loss(self.forward(batch.inputs), batch).backward()
+        sync()
+        self.compile_s = time.perf_counter() - t0
+        self.opt.zero_grad(set_to_none=True)
 
     def window(self) -> Window:
         """Read and reset the accumulators (one synchronisation)."""

@@ -153,7 +153,7 @@ def _train(cfg: CellConfig, task: Task, record: CellRecord, start: float) -> Non
     record.grad_flow = {"untrained": gradient_flow(model, task, flow)}
     step = TrainStep(model, task, lengths=cfg.train_lengths(), batch_size=tc.batch_size,
                      lr=tc.lr, weight_decay=tc.weight_decay, clip=tc.clip, seed=cfg.seed,
-                     device=cfg.device)
+                     device=cfg.device, compile=tc.compile)
     tokens = 0
     for n in range(1, tc.steps + 1):
         step()
@@ -179,6 +179,7 @@ def _train(cfg: CellConfig, task: Task, record: CellRecord, start: float) -> Non
         if record.val_score >= task.solve_threshold and cfg.generalise is None:
             record.status, record.solved = "solved", True
             break
+    record.compile_s = step.compile_s
     if record.train_time_s > 0:
         record.train_tokens_per_s = tokens / record.train_time_s
     if record.status in ("diverged", "timeout"):
