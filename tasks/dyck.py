@@ -1,11 +1,17 @@
 """Dyck-2 recognition: is a string of two kinds of brackets balanced? The negatives differ from the
-positives only at long range: no window of up to max(3, L // 4) consecutive tokens, no n-gram
-statistic of such length and no symbol count tells the two classes apart.
+positives only at long range: no window of up to max(3, L // 4) consecutive tokens and no symbol
+count tells the two classes apart.
 
-Sources: Dyck-n recognition and generation are the standard probes of stack-like memory in
-sequence models (Suzgun et al. 2019, "LSTM networks can perform dynamic counting"; Bhattamishra et
-al. 2020, "On the ability and limitations of Transformers to recognize formal languages"; Dyck is
-the context-free tier of Delétang et al. 2022, "Neural networks and the Chomsky hierarchy").
+Sources: Dyck languages are the standard probe of stack-like memory in sequence models: Dyck-1
+and its shuffles in Suzgun et al. 2019 ("LSTM networks can perform dynamic counting") and
+Bhattamishra, Ahuja & Goyal 2020 (EMNLP, "On the ability and limitations of Transformers to
+recognize formal languages"); Dyck-n in Suzgun et al. 2019 ("Memory-augmented recurrent neural
+networks can learn generalized Dyck languages") and Bhattamishra, Ahuja & Goyal 2020 (COLING, "On
+the practical ability of recurrent neural networks to recognize hierarchical languages").
+Delétang et al. 2022 ("Neural networks and the Chomsky hierarchy") put the tasks that need a stack
+in their deterministic context-free tier but have no Dyck task (their code,
+google-deepmind/neural_networks_chomsky_hierarchy, tasks/dcf: reverse string, stack manipulation,
+modular arithmetic with brackets, solve equation).
 
 Definition: a string of L = `length` tokens over ( ) [ ] (tokens 0, 1, 2, 3; L even); the target,
 read at the last step, is 1 if the string is balanced (a Dyck-2 word: every closing bracket closes
@@ -16,7 +22,8 @@ Sampling, with G = max(3, L // 4) (the guard):
    (cycle lemma: a uniform arrangement of n up-steps and n + 1 down-steps, rotated to start just
    after its first minimum, last step dropped), conditioned on having an eligible pair: a pair
    B = (b1, b2) nested inside another pair and spanning b2 - b1 >= G. Rejection keeps the
-   conditioned shape uniform over the shapes that have one.
+   conditioned shape uniform over the shapes that have one (71% of all shapes at L = 16, 84% at
+   24, 97% at 64).
 2. B is uniform among the eligible pairs of the shape; A = (a1, a2) is the pair just enclosing it.
 3. Kinds: every pair but B gets a kind uniformly at random, independently; B gets the other kind
    than A. That string is the positive. The negative is the same string with the closing brackets
@@ -32,27 +39,33 @@ partner. A set of positions that does not hold both ends of one of the couples (
 (a1, b2), (b1, a2) therefore has the same joint distribution in both classes: the kinds it sees at
 the four positions are uniform and independent of the rest in either class ((a1, b1) see (k, 1-k)
 and (b2, a2) see one kind and the other, in both). Those couples are at least b2 - b1 >= G apart,
-so every window of up to G consecutive tokens (the last ones included) has the same distribution in
-both classes, and so has every n-gram count for n <= G in expectation; no n-gram of a negative is
-impossible in a positive. What differs is long-range: whether the kind of b2 (and a2) matches the
-kind of its partner, b2 - b1 >= G steps back. (An exchange that kept the whole bag of trigrams
-pointwise exists for fewer than 1% of Dyck words at L <= 12 and 25% at L = 32, so that stronger
-property would distort the positives far more.)
+so every window of up to G consecutive tokens (the first and last ones included) has the same
+distribution in both classes, and so has every n-gram count for n <= G in expectation; no n-gram
+of a negative is impossible in a positive. What differs is long-range: whether the kind of b2 (and
+a2) matches the kind of its partner, b2 - b1 >= G steps back. (An exchange that kept the whole bag
+of trigrams pointwise exists for fewer than 1% of Dyck words at L <= 12 and 25% at L = 32, so that
+stronger property would distort the positives far more.)
 
 Length: L even and L >= 8. Below 6 every unbalanced string with the symbol counts of a balanced
 one has a local tell, an n-gram (n <= 3, padded at both ends) that no balanced string of its length
 has (the tests check it by enumeration). At 6 an eligible pair exists in one shape only, ((())),
-and its 8 strings are told apart by their trigram counts (the shortcut learner of
-bench.cell.shortcut reaches 0.62 on one of three seeds); from 8 on it stays within 0.05 of chance.
+and the shortcut learner of bench.cell.shortcut (linear in the n-gram counts) reaches 0.62 on one
+seed of three; from 8 on it stays within 0.05 of chance.
 
-Departures: Suzgun et al. and Bhattamishra et al. sample Dyck words from a probabilistic grammar
-and train next-token or membership prediction; here positives are uniform shapes conditioned on an
-eligible pair, with one marked pair forced to differ in kind from its parent (so they are not
-uniform Dyck-2 words), and negatives are made to match them at every window of G tokens. Delétang
-et al. have no Dyck task.
+Not covered: the joint distribution of all windows. At short lengths the whole bag of trigrams
+nearly determines the string, so a non-linear learner on it tells the classes apart (a Bayes
+classifier on the bag: exactly 1.0 at L = 8 and 0.97 at 12; an MLP on the bag, measured: 0.89 at
+16, 0.70 at 24, 0.62 at 32, 0.53 at 64). Non-linear learners on global counts are out of scope
+here, as for parity, which an MLP solves from the count of ones at any length.
+
+Departures: the sources train next-character prediction on words sampled from a probabilistic
+grammar; here the task is membership, the positives are uniform shapes conditioned on an eligible
+pair with one marked pair forced to differ in kind from its parent (so they are not uniform Dyck-2
+words), and the negatives match them at every window of G tokens.
 
 Speed: lengths up to TABLE_MAX draw (shape, B) from a table of every such couple with its exact
-probability (one search per row) and only the kinds at random; longer ones build shapes on the fly.
+probability (one search per row) and only the kinds at random, about 10 tensor operations; longer
+ones build the shapes on the fly (about 70 operations, an argsort and a kthvalue among them).
 """
 from __future__ import annotations
 
@@ -66,7 +79,7 @@ from tasks.base import Batch, IOSpec, Task
 
 OPEN = (0, 2)  # "(" and "["; the closing bracket of kind k is token 2k + 1
 MIN_LENGTH = 8
-TABLE_MAX = 20  # longest length drawn from a table of (shape, B) couples (62K rows, 0.1 s to build)
+TABLE_MAX = 24  # longest length drawn from a table of (shape, B) couples (54 MB, 1-3 s to build)
 ACCEPT = 0.8  # lower bound on the fraction of shapes with an eligible pair above TABLE_MAX
 
 
@@ -219,20 +232,20 @@ class Dyck(Task):
     @staticmethod
     def _on_the_fly(length, positive, generator, device):
         b, n = len(positive), length // 2
-        kept: list[tuple[torch.Tensor, ...]] = []
-        while (have := sum(len(k[0]) for k in kept)) < b:
+        parts, have = [], 0
+        while have < b:  # rejection: draw shapes until b of them have an eligible pair
             rows = math.ceil((b - have) / ACCEPT) + 4
             u = torch.rand(rows, 2 * n + 2, generator=generator, device=device,
                            dtype=torch.float64)
             opens = shapes_from_keys(u[:, :-1])
             partner = partners(opens)
-            ok = eligible(opens, partner)
-            ranks = ok.cumsum(1)
-            accept = ranks[:, -1] > 0
-            pick = (u[accept, -1:] * ranks[accept, -1:]).long()  # uniform among eligible pairs
-            b1 = (ranks[accept] <= pick).sum(1, keepdim=True)
-            kept.append((opens[accept], partner[accept], b1))
-        opens, partner, b1 = (torch.cat(parts)[:b] for parts in zip(*kept, strict=True))
+            ranks = eligible(opens, partner).cumsum(1)
+            pick = (u[:, -1:] * ranks[:, -1:]).long()  # uniform among the eligible pairs
+            b1 = (ranks <= pick).sum(1, keepdim=True)
+            keep = (ranks[:, -1] > 0).nonzero()[: b - have, 0]
+            parts.append((opens[keep], partner[keep], b1[keep]))
+            have += len(keep)
+        opens, partner, b1 = parts[0] if len(parts) == 1 else map(torch.cat, zip(*parts))
         src, flip = skeleton(opens, partner, b1, positive[:, None])
         bits = torch.randint(0, 2, src.shape, generator=generator, device=device)
         return tokens(bits, src, flip, opens)
