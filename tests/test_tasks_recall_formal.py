@@ -53,8 +53,8 @@ def test_registered_with_flags():
 def test_deterministic_per_seed_and_generator_stream(name):
     task = get_task(name)
     g1, g2 = (torch.Generator().manual_seed(7) for _ in range(2))
-    a1, a2 = task.sample(8, 32, g1, "cpu"), task.sample(8, 32, g1, "cpu")
-    b1, b2 = task.sample(8, 32, g2, "cpu"), task.sample(8, 32, g2, "cpu")
+    a1, a2 = task.sample(10, 32, g1, "cpu"), task.sample(10, 32, g1, "cpu")
+    b1, b2 = task.sample(10, 32, g2, "cpu"), task.sample(10, 32, g2, "cpu")
     for x, y in ((a1, b1), (a2, b2)):
         assert torch.equal(x.inputs, y.inputs) and torch.equal(x.targets, y.targets)
     assert not torch.equal(a1.inputs, a2.inputs)  # the generator advances
@@ -396,8 +396,8 @@ def test_dyck_positive_shapes_uniform_over_eligible_shapes(length):
 
 def test_dyck_sampler_matches_the_exact_distribution():
     """Both sampling paths (the table below TABLE_MAX, shapes built on the fly above it, here
-    forced at length 8) draw (word, class) with the exact probabilities: chi-square, p > 0.001."""
-    length, n = 8, 60_000
+    forced at length 10) draw (word, class) with the exact probabilities: chi-square, p > 0.001."""
+    length, n = 10, 100_000
     words, positive, weight = exact(length)
     probs: dict[tuple, float] = {}
     for row, label, w in zip(words.tolist(), positive.tolist(), weight.tolist(), strict=True):
@@ -419,7 +419,7 @@ def test_dyck_sampler_matches_the_exact_distribution():
         assert chisquare(observed, [n * probs[k] for k in keys]).pvalue > 1e-3
 
 
-@pytest.mark.parametrize(("length", "b"), [(8, 64), (20, 200), (22, 200), (64, 101), (128, 33)])
+@pytest.mark.parametrize(("length", "b"), [(10, 64), (20, 200), (26, 200), (64, 101), (128, 33)])
 def test_dyck_labels_by_stack_and_mismatches_far_apart(length, b):
     """Every row: the label is balancedness, counts and shape are those of a balanced string; a
     negative has exactly two mismatched pairs (by the shape's pairing), B and the pair just
@@ -467,18 +467,18 @@ def test_dyck_below_six_every_negative_has_a_local_tell(length, tell_free):
 
 def test_dyck_refuses_short_and_odd_lengths():
     task = Dyck()
-    assert task.min_length == 8
-    task.check_length(8)
+    assert task.min_length == 10
+    task.check_length(10)
     task.check_length(64)
-    for bad in (9, 33):
+    for bad in (11, 33):
         with pytest.raises(ConfigError, match=r"^length: task 'dyck' needs an even length"):
             task.check_length(bad)
         with pytest.raises(ConfigError, match=r"^lengths\.x\[0\]: task 'dyck' needs an even"):
             task.check_length(bad, field="lengths.x[0]")
         with pytest.raises(ConfigError, match="even length"):
             sample(task, bad, 4)
-    for short in (0, 2, 4, 6):
-        with pytest.raises(ConfigError, match=r"^length: task 'dyck' needs an integer length >= 8, "
+    for short in (0, 2, 4, 6, 8):
+        with pytest.raises(ConfigError, match=r"^length: task 'dyck' needs an integer length >= 10, "
                                               r"got \d+ \(below 6 every unbalanced string .* local tell"):
             task.check_length(short)
 

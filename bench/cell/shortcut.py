@@ -16,20 +16,23 @@ Learners, fitted on sequences drawn from the task's own training stream:
 - window family: an n-gram lookup table, the majority target of each window seen in training and
   the overall majority for an unseen one (ties: the smaller class);
 - pooled family: naive Bayes (McCallum & Nigam 1998), categorical in each of the k window tokens
-  and multinomial in the pooled counts, Laplace smoothing ALPHA: a linear classifier in the
-  one-hot window and the counts, fitted in closed form (counting). Linear on purpose: parity of a
-  count is not linearly separable, so counting alone does not solve parity.
+  and multinomial in the pooled counts of the n-grams up to order n, Laplace smoothing alpha: a
+  linear classifier in the one-hot window and the counts, fitted in closed form (counting). Linear
+  on purpose: parity of a count is not linearly separable, so counting alone does not solve
+  parity (an MLP on the counts does, at any length).
 Real-valued inputs (adding) use least squares instead: on the last k input vectors (window), plus
 their sums over the prefix divided by the length (pooled).
-The six variants (family x k) are scored with the task's own score on the validation batches; the
-best one (ties: window family first, then the smaller k) is scored on the test batches. So is the
-best of each family, so that "solvable from the last k tokens" (window_score) can be told from
-"solvable from n-gram counts of the whole input" (pooled_score).
+Every variant (family, k in 1..3, and for naive Bayes n in 1..3 and alpha in ALPHAS) is scored with
+the task's own score on the validation batches; the best one is scored on the test batches (ties:
+the window family, then larger alpha, smaller n, smaller k). So is the best variant of each family,
+so that "solvable from the last k tokens" (window_score) can be told from "solvable from n-gram
+counts of the whole input" (pooled_score).
 
-The score is a lower bound on what any learner given these features reaches: naive Bayes is
-weaker than logistic regression on some tasks (0.36 against 0.45 on delay at length 4), stronger
-on others (0.95 against 0.56 on induction at length 24, where logistic regression needs far more
-samples); logistic regression costs several times the 2% of a quick cell allowed here.
+The score is a lower bound on what a learner given these features reaches: naive Bayes is weaker
+than logistic regression on some tasks (0.36 against 0.45 on delay at length 4), stronger on
+others (0.97 against 0.56 on induction at length 24, where logistic regression needs far more
+samples), and logistic regression costs several times the 2% of a quick cell's training time that
+this module is allowed.
 Cost: train_samples sequences, cut so that tokens x classes <= MAX_WORK (never below
 MIN_SEQUENCES); every fit is a count, every prediction a lookup.
 """
@@ -46,7 +49,18 @@ ORDERS = (1, 2, 3)  # window sizes k and n-gram orders n
 MAX_NGRAMS = 2**16  # largest n-gram vocabulary of the pooled bag
 MAX_WORK = 2**21  # training tokens x classes, at most (the cost of the naive Bayes fit)
 MIN_SEQUENCES = 256  # training sequences, at least
-ALPHA = 1.0  # Laplace smoothing of the naive Bayes counts
+ALPHAS = (1.0, 0.1)  # Laplace smoothing of the naive Bayes counts, chosen on validation
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One learner with its settings: window size k, largest n-gram order, smoothing."""
+
+    family: str  # "window" or "pooled"
+    learner: str
+    k: int
+    ngrams: int | None = None
+    alpha: float | None = None
 
 
 @dataclass(frozen=True)
@@ -94,62 +108,80 @@ def codes(x_pad: torch.Tensor, vocab: int, k: int) -> torch.Tensor:
 
 
 class Lookup:
-    """Majority target per context code; the overall majority for unseen codes."""
+    """Majority target per window; the overall majority for a window not seen in training."""
 
-    def __init__(self, keys: torch.Tensor, y: torch.Tensor, classes: int):
-        self.keys, inverse = keys.unique(return_inverse=True)
-        table = torch.bincount(inverse * classes + y, minlength=len(self.keys) * classes)
-        self.majority = table.view(-1, classes).argmax(1)  # argmax: the first of tied classes
-        self.default = torch.bincount(y, minlength=classes).argmax()
+    def __init__(self, train: Points, vocab: int, classes: int):
+        self.vocab = vocab
+        x_pad = padded(train.batch.inputs, vocab)
+        self.tables = []
+        for k in ORDERS:
+            keys, inverse = codes(x_pad, vocab, k)[train.s, train.t].unique(return_inverse=True)
+            table = torch.bincount(inverse * classes + train.y, minlength=len(keys) * classes)
+            self.tables.append((keys, table.view(-1, classes).argmax(1)))  # ties: first class
+        self.default = torch.bincount(train.y, minlength=classes).argmax()
 
-    def __call__(self, keys: torch.Tensor) -> torch.Tensor:
-        i = torch.searchsorted(self.keys, keys).clamp_(max=len(self.keys) - 1)
-        return torch.where(self.keys[i] == keys, self.majority[i], self.default)
+    def __call__(self, p: Points) -> dict[Variant, torch.Tensor]:
+        x_pad = padded(p.batch.inputs, self.vocab)
+        out = {}
+        for k, (keys, majority) in zip(ORDERS, self.tables, strict=True):
+            code = codes(x_pad, self.vocab, k)[p.s, p.t]
+            i = torch.searchsorted(keys, code).clamp_(max=len(keys) - 1)
+            out[Variant("window", "lookup", k)] = torch.where(keys[i] == code, majority[i],
+                                                              self.default)
+        return out
 
 
 # --- pooled family: naive Bayes, linear in the one-hot window and the counts ---------------------
 
 
 class NaiveBayes:
-    """Log-linear scores of one naive Bayes model per window size k: categorical in each of the
-    last k tokens, multinomial in the n-gram counts of the prefix, Laplace smoothing ALPHA."""
+    """Naive Bayes, categorical in each of the last k tokens and multinomial in the counts of the
+    n-grams of the prefix up to order n, for every k, n and smoothing alpha: log-linear scores."""
 
     def __init__(self, task: Task, train: Points, vocab: int, classes: int):
-        self.vocab, self.classes = vocab, classes
+        self.vocab = vocab
         orders = (1,) if task.readout == "per_step" else ORDERS
         self.orders = [n for n in orders if (vocab + 1) ** n <= MAX_NGRAMS]
         x_pad = padded(train.batch.inputs, vocab)
         onehot = F.one_hot(train.y, classes).float()
-        self.prior = (onehot.sum(0) + ALPHA).log()
+        self.classes = onehot.sum(0)
         # per sequence and step: how many of its points of each class lie at or after the step
         at = torch.zeros(*train.batch.inputs.shape[:2], classes, device=onehot.device)
         at.index_put_((train.s, train.t), onehot, accumulate=True)
-        after = at - at.cumsum(1) + at.sum(1, keepdim=True)
-        self.window = [self.log_theta(self.window_codes(train, x_pad, m), onehot, vocab + 1)
+        after = (at - at.cumsum(1) + at.sum(1, keepdim=True)).flatten(0, 1)
+        self.window = [count(window_code(train, x_pad, m), onehot, vocab + 1)
                        for m in range(max(ORDERS))]
-        self.pooled = [self.log_theta(codes(x_pad, vocab, n).flatten(), after.flatten(0, 1),
-                                      (vocab + 1) ** n) for n in self.orders]
+        self.pooled = [count(codes(x_pad, vocab, n).flatten(), after, (vocab + 1) ** n)
+                       for n in self.orders]
 
-    @staticmethod
-    def log_theta(keys: torch.Tensor, weight: torch.Tensor, size: int) -> torch.Tensor:
-        counts = torch.full((size, weight.shape[1]), ALPHA, device=weight.device)
-        counts.index_add_(0, keys, weight)
-        return (counts / counts.sum(0)).log()
-
-    def window_codes(self, p: Points, x_pad: torch.Tensor, m: int) -> torch.Tensor:
-        return x_pad[p.s, p.t + max(ORDERS) - 1 - m]
-
-    def __call__(self, p: Points) -> list[torch.Tensor]:
-        """Predicted classes at the points, one tensor per k in ORDERS."""
+    def __call__(self, p: Points) -> dict[Variant, torch.Tensor]:
         x_pad = padded(p.batch.inputs, self.vocab)
-        score = self.prior.expand(len(p.s), -1)
-        for n, table in zip(self.orders, self.pooled, strict=True):
-            score = score + table[codes(x_pad, self.vocab, n)].cumsum(1)[p.s, p.t]
-        out = []
-        for m in range(max(ORDERS)):
-            score = score + self.window[m][self.window_codes(p, x_pad, m)]
-            out.append(score.argmax(1))
+        out = {}
+        for alpha in ALPHAS:
+            window = [log_theta(c, alpha)[window_code(p, x_pad, m)]
+                      for m, c in enumerate(self.window)]
+            score = (self.classes + alpha).log().expand(len(p.s), -1)
+            for n, c in zip(self.orders, self.pooled, strict=True):
+                score = score + log_theta(c, alpha)[codes(x_pad, self.vocab, n)].cumsum(1)[p.s, p.t]
+                for k in ORDERS:
+                    out[Variant("pooled", "naive_bayes", k, n, alpha)] = (
+                        score + sum(window[:k])).argmax(1)
         return out
+
+
+def window_code(p: Points, x_pad: torch.Tensor, m: int) -> torch.Tensor:
+    """The token m steps before each point."""
+    return x_pad[p.s, p.t + max(ORDERS) - 1 - m]
+
+
+def count(keys: torch.Tensor, weight: torch.Tensor, size: int) -> torch.Tensor:
+    """(size, classes) sums of the weight rows of each key."""
+    return torch.zeros(size, weight.shape[1], device=weight.device).index_add_(0, keys, weight)
+
+
+def log_theta(counts: torch.Tensor, alpha: float) -> torch.Tensor:
+    smoothed = counts + alpha
+    return (smoothed / smoothed.sum(0)).log()
 
 
 # --- real-valued inputs: least squares -----------------------------------------------------------
@@ -166,14 +198,23 @@ def design(p: Points, k: int, pooled: bool) -> torch.Tensor:
     return torch.cat(cols, 1)
 
 
-def least_squares(train: Points, k: int, pooled: bool):
-    a = design(train, k, pooled)
-    gram = a.T @ a + 1e-6 * torch.eye(a.shape[1], device=a.device)
-    w = torch.linalg.solve(gram, a.T @ train.y)
-    return lambda p: design(p, k, pooled) @ w
+class LeastSquares:
+    """Linear least squares on the window (window family) and on window + prefix sums (pooled)."""
+
+    def __init__(self, train: Points):
+        self.weights = {}
+        for family in ("window", "pooled"):
+            for k in ORDERS:
+                a = design(train, k, family == "pooled")
+                gram = a.T @ a + 1e-6 * torch.eye(a.shape[1], device=a.device)
+                self.weights[Variant(family, "least_squares", k)] = torch.linalg.solve(
+                    gram, a.T @ train.y)
+
+    def __call__(self, p: Points) -> dict[Variant, torch.Tensor]:
+        return {v: design(p, v.k, v.family == "pooled") @ w for v, w in self.weights.items()}
 
 
-# --- scoring -------------------------------------------------------------------------------------
+# --- scoring and choice --------------------------------------------------------------------------
 
 
 def total_score(task: Task, p: Points, pred: torch.Tensor) -> float:
@@ -189,27 +230,23 @@ def total_score(task: Task, p: Points, pred: torch.Tensor) -> float:
     return task.score(out, p.scoring).sum().item()
 
 
-def variants(task: Task, train: Points):
-    """(family, learner, k, predict) for every variant, in tie-breaking order."""
-    if task.io.input_kind == "features":
-        return [(family, "least_squares", k, least_squares(train, k, family == "pooled"))
-                for family in ("window", "pooled") for k in ORDERS]
-    vocab, classes = task.io.input_size, task.io.output_size
-    x_pad = padded(train.batch.inputs, vocab)
-    out = []
-    for k in ORDERS:
-        table = Lookup(codes(x_pad, vocab, k)[train.s, train.t], train.y, classes)
-        out.append(("window", "lookup", k, lambda p, k=k, table=table: table(
-            codes(padded(p.batch.inputs, vocab), vocab, k)[p.s, p.t])))
-    bayes = NaiveBayes(task, train, vocab, classes)
-    return out + [("pooled", "naive_bayes", k, lambda p, i=i: bayes(p)[i])
-                  for i, k in enumerate(ORDERS)]
-
-
 @torch.no_grad()
-def evaluate(task: Task, predict, batches: list[Points]) -> float:
-    total = sum(len(p.batch.inputs) for p in batches)
-    return sum(total_score(task, p, predict(p)) for p in batches) / total
+def evaluate(task: Task, learners, batches: list[Points]) -> dict[Variant, float]:
+    """Mean score of every variant of every learner on the batches, in the learners' order."""
+    totals: dict[Variant, float] = {}
+    for p in batches:
+        for learner in learners:
+            for variant, pred in learner(p).items():
+                totals[variant] = totals.get(variant, 0.0) + total_score(task, p, pred)
+    n = sum(len(p.batch.inputs) for p in batches)
+    return {variant: total / n for variant, total in totals.items()}
+
+
+def learners(task: Task, train: Points) -> list:
+    if task.io.input_kind == "features":
+        return [LeastSquares(train)]
+    vocab, classes = task.io.input_size, task.io.output_size
+    return [Lookup(train, vocab, classes), NaiveBayes(task, train, vocab, classes)]
 
 
 def train_size(task: Task, length: int, train_samples: int) -> int:
@@ -227,24 +264,25 @@ def shortcut_score(task: Task, length: int, train_gen: torch.Generator,
 
     train_gen: the generator the training sequences are drawn from (a stream of its own, so the
     models' training batches do not change). val_batches: None draws val_samples sequences from
-    train_gen after the training ones. Returns {"score", "family", "learner", "k", "val_score",
-    "window_score", "pooled_score", "train_samples"}.
+    train_gen after the training ones. Returns the test score of the variant best on validation
+    ("score"), its settings ("family", "learner", "k", "ngrams", "alpha"; None where they do not
+    apply) and validation score, the test score of each family's best variant on validation
+    ("window_score", "pooled_score") and the number of training sequences ("train_samples").
     """
     n = train_size(task, length, train_samples)
     train = points(task, task.sample(length, n, train_gen, device))
     if val_batches is None:
         val_batches = [task.sample(length, val_samples, train_gen, device)]
-    val = [points(task, b) for b in val_batches]
-    test = [points(task, b) for b in test_batches]
-    scored = [(evaluate(task, predict, val), family, learner, k, predict)
-              for family, learner, k, predict in variants(task, train)]
-    best = {family: max((v for v in scored if v[1] == family), key=lambda v: v[0])
+    fitted = learners(task, train)
+    val = evaluate(task, fitted, [points(task, b) for b in val_batches])
+    best = {family: max((v for v in val if v.family == family), key=val.__getitem__)
             for family in ("window", "pooled")}  # max keeps the first of ties
-    val_score, family, learner, k, _ = max(best.values(), key=lambda v: v[0])
-    test_scores = {f: evaluate(task, v[4], test) for f, v in best.items()}
-    return {"score": test_scores[family], "family": family, "learner": learner, "k": k,
-            "val_score": val_score, "window_score": test_scores["window"],
-            "pooled_score": test_scores["pooled"], "train_samples": n}
+    chosen = max(best.values(), key=val.__getitem__)
+    test = evaluate(task, fitted, [points(task, b) for b in test_batches])  # after the choice
+    return {"score": test[chosen], "family": chosen.family, "learner": chosen.learner,
+            "k": chosen.k, "ngrams": chosen.ngrams, "alpha": chosen.alpha,
+            "val_score": val[chosen], "window_score": test[best["window"]],
+            "pooled_score": test[best["pooled"]], "train_samples": n}
 
 
 __all__ = ["shortcut_score"]
