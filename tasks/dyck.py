@@ -101,14 +101,20 @@ def shapes_from_keys(keys: torch.Tensor) -> torch.Tensor:
     """The cycle-lemma Dyck word of each row of distinct keys (b, 2n + 1): up-steps at the n
     smallest keys, rotated to start after the first minimum of the walk, last step dropped."""
     m = keys.shape[1]
-    up = keys < keys.kthvalue(m // 2 + 1, 1, keepdim=True).values
+    up = keys < keys.median(1, keepdim=True).values  # the median of 2n + 1: the (n + 1)-th smallest
     start = walk(up).argmin(1, keepdim=True) + 1  # argmin returns the first minimum
-    return up.gather(1, (start + torch.arange(m - 1, device=keys.device)) % m)
+    return up.gather(1, (start + steps(m - 1, keys.device)) % m)
+
+
+@functools.lru_cache(maxsize=64)
+def steps(length: int, device) -> torch.Tensor:
+    """arange(length) on device, shared: read it, never write it."""
+    return torch.arange(length, device=device)
 
 
 def walk(up: torch.Tensor) -> torch.Tensor:
     """Height after each step of the walks with up-steps at `up` (b, L): openers minus closers."""
-    return 2 * up.cumsum(1) - torch.arange(1, up.shape[1] + 1, device=up.device)
+    return 2 * up.cumsum(1) - 1 - steps(up.shape[1], up.device)
 
 
 def all_shapes(n: int, device) -> torch.Tensor:
@@ -129,25 +135,25 @@ def partners(opens: torch.Tensor) -> torch.Tensor:
     """(b, 2n) index of the matching bracket of every position of Dyck words `opens`. At each
     nesting level openings and closings alternate, so sorting by (level, position) lists every
     pair as two neighbours."""
-    b, length = opens.shape
+    length = opens.shape[1]
     level = walk(opens) + ~opens  # the level of the pair a bracket belongs to
-    order = (level * length + torch.arange(length, device=opens.device)).argsort(1)
-    swapped = order.view(b, length // 2, 2).flip(-1).reshape(b, length)
-    return torch.empty_like(order).scatter_(1, order, swapped)
+    order = (level * length + steps(length, opens.device)).argsort(1)
+    first, second = order[:, 0::2], order[:, 1::2]
+    return torch.empty_like(order).scatter_(1, first, second).scatter_(1, second, first)
 
 
 def eligible(opens: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
     """(b, L) bool: the openers b1 of eligible pairs, nested in another pair (level >= 2) with
     partner(b1) - b1 >= G."""
     length = opens.shape[1]
-    span = partner - torch.arange(length, device=opens.device)
+    span = partner - steps(length, opens.device)
     return opens & (walk(opens) >= 2) & (span >= guard(length))  # an opener's walk: its level
 
 
 def skeleton(opens, partner, b1, positive) -> tuple[torch.Tensor, torch.Tensor]:
     """(src, flip), each (b, L): position t gets the kind of the pair opened at src[t], flipped
     where flip[t]. b1: (b, 1) openers of the chosen pairs B; positive: (b, 1) bool, the class."""
-    pos = torch.arange(opens.shape[1], device=opens.device)
+    pos = steps(opens.shape[1], opens.device)
     enclosing = opens & (pos < b1) & (partner > b1)
     a1 = torch.where(enclosing, pos, -1).amax(1, keepdim=True)  # the innermost one: the parent
     b2, a2 = partner.gather(1, b1), partner.gather(1, a1)
@@ -162,20 +168,27 @@ def tokens(bits, src, flip, opens) -> torch.Tensor:
     return 2 * (bits.gather(1, src) ^ flip.long()) + (~opens).long()
 
 
-def class_pattern(b: int, generator: torch.Generator, device) -> torch.Tensor:
-    """(b,) bool, True for positives: rows alternate, positive first; for odd b a fair coin picks
-    the class of the extra row, so the expected fraction of positives is exactly 1/2."""
+def class_pattern(b: int, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The class of each of b rows, as (b,) bool True for positives and (b,) int64 1 for negatives:
+    rows alternate, positive first; for odd b a fair coin picks the class of the extra row, so the
+    expected fraction of positives is exactly 1/2. Cached: read the tensors, never write them."""
     phase = 0 if b % 2 == 0 else int(torch.randint(0, 2, (), generator=generator, device=device))
-    return (torch.arange(b, device=device) + phase) % 2 == 0
+    return alternating(b, phase, str(device))
+
+
+@functools.lru_cache(maxsize=64)
+def alternating(b: int, phase: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    positive = (torch.arange(b, device=device) + phase) % 2 == 0
+    return positive, (~positive).long()
 
 
 @functools.lru_cache(maxsize=8)
 def table(length: int, device: str) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Every (shape, B) couple at `length` with its probability, for both classes.
 
-    Returns (code, cum, total): code (2C, 3, L) int8, rows 2c and 2c + 1 the positive and the
-    negative skeleton of couple c as (src, base, mult), so that the token is base + bit * mult for
-    bit = the random kind of src; cum (C,) int64, cumulative integer weights proportional to
+    Returns (code, cum, total): code (C, 2, 3, L) int8, code[c, 0] and code[c, 1] the positive and
+    the negative skeleton of couple c as (src, base, mult), so that the token is base + bit * mult
+    for bit = the random kind of src; cum (C,) int64, cumulative integer weights proportional to
     1 / (number of eligible pairs of the couple's shape): shapes uniform, B uniform within one.
     """
     shapes = all_shapes(length // 2, device)
@@ -190,8 +203,7 @@ def table(length: int, device: str) -> tuple[torch.Tensor, torch.Tensor, int]:
         src, flip = skeleton(opens, partner, b1, torch.tensor(positive, device=device))
         base = 2 * flip.long() + (~opens).long()
         rows.append(torch.stack([src, base, 2 - 4 * flip.long()], 1))
-    code = torch.stack(rows, 1).flatten(0, 1).to(torch.int8)
-    return code, cum, int(cum[-1])
+    return torch.stack(rows, 1).to(torch.int8), cum, int(cum[-1])
 
 
 class Dyck(Task):
@@ -216,19 +228,19 @@ class Dyck(Task):
 
     def sample(self, length, batch_size, generator, device):
         self.check_length(length)
-        positive = class_pattern(batch_size, generator, device)
+        positive, negative = class_pattern(batch_size, generator, device)
         if length <= TABLE_MAX:
-            inputs = self._from_table(length, positive, generator, device)
+            inputs = self._from_table(length, negative, generator, device)
         else:
             inputs = self._on_the_fly(length, positive, generator, device)
         return Batch(inputs, positive.long())
 
     @staticmethod
-    def _from_table(length, positive, generator, device):
+    def _from_table(length, negative, generator, device):
         code, cum, total = table(length, str(device))
-        draw = torch.randint(0, total, positive.shape, generator=generator, device=device)
+        draw = torch.randint(0, total, negative.shape, generator=generator, device=device)
         couple = torch.searchsorted(cum, draw, right=True)
-        src, base, mult = code[2 * couple + (~positive).long()].long().unbind(1)
+        src, base, mult = code[couple, negative].long().unbind(1)
         bits = torch.randint(0, 2, src.shape, generator=generator, device=device)
         return base + bits.gather(1, src) * mult
 

@@ -337,7 +337,7 @@ def exact(length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     probability: words (R, L) int8, positive (R,) bool, weight (R,) int64."""
     code, cum, _ = table(length, "cpu")
     weight = torch.diff(cum, prepend=cum.new_zeros(1))
-    src, base, mult = code.long().unbind(1)  # rows 2c (positive) and 2c + 1 (negative)
+    src, base, mult = code.flatten(0, 1).long().unbind(1)  # rows 2c (positive), 2c + 1
     n, couples = length // 2, len(weight)
     openers = (base[0::2] % 2 == 0).nonzero()[:, 1].view(couples, n)
     patterns = torch.tensor(list(itertools.product((0, 1), repeat=n)), dtype=torch.int8)
@@ -404,10 +404,10 @@ def test_dyck_sampler_matches_the_exact_distribution():
         probs[(*row, label)] = probs.get((*row, label), 0) + w / weight.sum().item()
     keys = sorted(probs)
     g = torch.Generator().manual_seed(12)
-    classes = class_pattern(n, g, "cpu")
+    positive, _ = class_pattern(n, g, "cpu")
     drawn = {
         "table": sample(Dyck(), length, n, seed=12),
-        "on the fly": Batch(Dyck._on_the_fly(length, classes, g, "cpu"), classes.long()),
+        "on the fly": Batch(Dyck._on_the_fly(length, positive, g, "cpu"), positive.long()),
     }
     for batch in drawn.values():
         rows = torch.cat([batch.inputs, batch.targets[:, None]], 1).tolist()
