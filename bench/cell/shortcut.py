@@ -47,7 +47,7 @@ from tasks import Batch, Task
 
 ORDERS = (1, 2, 3)  # window sizes k and n-gram orders n
 MAX_NGRAMS = 2**16  # largest n-gram vocabulary of the pooled bag
-MAX_WORK = 2**21  # training tokens x classes, at most (the cost of the naive Bayes fit)
+MAX_WORK = 2**20  # training tokens x classes, at most (the cost of the naive Bayes fit)
 MIN_SEQUENCES = 256  # training sequences, at least
 ALPHAS = (1.0, 0.1)  # Laplace smoothing of the naive Bayes counts, chosen on validation
 
