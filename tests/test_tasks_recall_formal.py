@@ -351,7 +351,7 @@ def exact(length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return words.flatten(0, 1), positive.flatten(), weight.repeat_interleave(2 * p)
 
 
-@pytest.mark.parametrize("length", [8, 10, 12])
+@pytest.mark.parametrize("length", [10, 12])
 def test_dyck_exact_distribution_labels_counts_and_shapes(length):
     """Over every word the sampler can draw: the label is balancedness, every word has the symbol
     counts and the bracket shape of a balanced word, and each negative has its positive's shape."""
@@ -364,7 +364,7 @@ def test_dyck_exact_distribution_labels_counts_and_shapes(length):
     assert weight[positive].sum() == weight[~positive].sum()
 
 
-@pytest.mark.parametrize("length", [8, 10, 12, 16])
+@pytest.mark.parametrize("length", [10, 12, 16])
 def test_dyck_every_window_of_guard_tokens_is_alike_in_both_classes(length):
     """Exactly: each window of G = guard(L) consecutive tokens, at each position, has the same
     distribution among positives as among negatives (so has every shorter window, every n-gram
@@ -379,7 +379,7 @@ def test_dyck_every_window_of_guard_tokens_is_alike_in_both_classes(length):
         assert torch.equal(hist[0], hist[1])
 
 
-@pytest.mark.parametrize("length", [8, 10, 12])
+@pytest.mark.parametrize("length", [10, 12])
 def test_dyck_positive_shapes_uniform_over_eligible_shapes(length):
     """Exactly: every Dyck shape with an eligible pair (found here by a stack) has the same total
     probability among positives, and no other shape occurs."""
@@ -400,8 +400,9 @@ def test_dyck_sampler_matches_the_exact_distribution():
     length, n = 10, 100_000
     words, positive, weight = exact(length)
     probs: dict[tuple, float] = {}
+    total = weight.sum().item()
     for row, label, w in zip(words.tolist(), positive.tolist(), weight.tolist(), strict=True):
-        probs[(*row, label)] = probs.get((*row, label), 0) + w / weight.sum().item()
+        probs[(*row, label)] = probs.get((*row, label), 0) + w / total
     keys = sorted(probs)
     g = torch.Generator().manual_seed(12)
     positive, _ = class_pattern(n, g, "cpu")
