@@ -42,17 +42,18 @@ and (b2, a2) see one kind and the other, in both). Those couples are at least b2
 so every window of up to G consecutive tokens (the first and last ones included) has the same
 distribution in both classes, and so has every n-gram count for n <= G in expectation; no n-gram
 of a negative is impossible in a positive. What differs is long-range: whether the kind of b2 (and
-a2) matches the kind of its partner, b2 - b1 >= G steps back. (An exchange that kept the whole bag
-of trigrams pointwise exists for fewer than 1% of Dyck words at L <= 12 and 25% at L = 32, so that
-stronger property would distort the positives far more.)
+a2) matches the kind of its partner, b2 - b1 >= G steps back. (A negative with the very bag of
+trigrams of a positive exists for under 2% of Dyck-2 words at L <= 12, by enumeration, and an
+exchange of two closers with equal neighbourhoods for 22% at L = 32: conditioning on that stronger
+property would distort the positives far more.)
 
 Length: L even and L >= 10. Below 6 every unbalanced string with the symbol counts of a balanced
 one has a local tell, an n-gram (n <= 3, padded at both ends) that no balanced string of its length
 has (the tests check it by enumeration). At 6 and 8 the construction leaves 8 and 108 distinct
 strings, few enough for n-gram counts to tell them apart: the shortcut learner of
-bench.cell.shortcut (linear in those counts) reaches 0.62 at 6 and 0.55 at 8 (the quick preset's
-held-out sets, 3 seeds; 0.53 on 4096 samples). From 10 on it stays within 0.02 of chance on 4096
-samples, at every length of the presets.
+bench.cell.shortcut (linear in those counts) reaches up to 0.70 at 6 and 0.55 at 8 on the quick
+preset's held-out sets (256 samples, 3 seeds; 0.64 and 0.53 on 4096 samples). From 10 on it stays
+within 0.02 of chance on 4096 samples, at every length of the presets.
 
 Not covered: the joint distribution of all windows. At short lengths the whole bag of trigrams
 nearly determines the string, so a non-linear learner on it tells the classes apart (a Bayes
