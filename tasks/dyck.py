@@ -68,7 +68,7 @@ words), and the negatives match them at every window of G tokens.
 
 Speed: lengths up to TABLE_MAX draw (shape, B) from a table of every such couple with its exact
 probability (one search per row) and only the kinds at random, about 10 tensor operations; longer
-ones build the shapes on the fly (about 70 operations, an argsort and a kthvalue among them).
+ones build the shapes on the fly (about 70 operations, an argsort and a median among them).
 """
 from __future__ import annotations
 
@@ -80,7 +80,6 @@ import torch
 from bench.strict import require
 from tasks.base import Batch, IOSpec, Task
 
-OPEN = (0, 2)  # "(" and "["; the closing bracket of kind k is token 2k + 1
 MIN_LENGTH = 10
 TABLE_MAX = 24  # longest length drawn from a table of (shape, B) couples (54 MB, 1-3 s to build)
 ACCEPT = 0.8  # lower bound on the fraction of shapes with an eligible pair above TABLE_MAX
