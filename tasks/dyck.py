@@ -1,120 +1,269 @@
-"""Dyck-2 recognition: is a string of two kinds of brackets balanced? (The Dyck languages of
-Suzgun et al. 2019, "LSTM networks can perform dynamic counting", and the context-free tier of
-Delétang et al. 2022, posed here as recognition.)
+"""Dyck-2 recognition: is a string of two kinds of brackets balanced? The negatives differ from the
+positives only at long range: no window of up to max(3, L // 4) consecutive tokens and no symbol
+count tells the two classes apart.
 
-Definition: a string of L = `length` tokens over ( ) [ ] (tokens 0, 1, 2, 3; L even, L >= 2); the
-target, read at the last step, is 1 if the string is balanced (a Dyck-2 word: every closing bracket
-closes the most recent unclosed opening bracket, of the same kind, and none is left open) and 0
-otherwise. check_length refuses odd lengths (no odd string is balanced).
+Sources: Dyck languages are the standard probe of stack-like memory in sequence models: Dyck-1
+and its shuffles in Suzgun et al. 2019 ("LSTM networks can perform dynamic counting") and
+Bhattamishra, Ahuja & Goyal 2020 (EMNLP, "On the ability and limitations of Transformers to
+recognize formal languages"); Dyck-n in Suzgun et al. 2019 ("Memory-augmented recurrent neural
+networks can learn generalized Dyck languages") and Bhattamishra, Ahuja & Goyal 2020 (COLING, "On
+the practical ability of recurrent neural networks to recognize hierarchical languages").
+Delétang et al. 2022 ("Neural networks and the Chomsky hierarchy") put the tasks that need a stack
+in their deterministic context-free tier but have no Dyck task (their code,
+google-deepmind/neural_networks_chomsky_hierarchy, tasks/dcf: reverse string, stack manipulation,
+modular arithmetic with brackets, solve equation).
 
-Sampling: each batch holds floor(B/2) balanced strings, plus one more with probability 1/2 when B
-is odd, at random rows, so the expected fraction of balanced strings is exactly 1/2 and chance (the
-best constant guess, either class) is 1/2 exactly.
-- Balanced strings are uniform over Dyck-2 words of length L: the bracket shape is a uniform
-  Dyck word with n = L/2 pairs (cycle lemma: a uniform arrangement of n up-steps and n + 1
-  down-steps, rotated to start just after its first minimum, last step dropped), and every matched
-  pair gets a kind uniformly at random.
-- Unbalanced strings are balanced strings drawn the same way, then corrupted by swapping two
-  tokens so that every symbol keeps its count (no count, per kind or in total, tells the classes
-  apart) and the bracket shape (the sequence of opening and closing) stays a valid Dyck word
-  whenever possible: two matched pairs of different kinds are chosen, and their closing brackets
-  are exchanged ("( .. ]" and "[ .. )"), so that only a stack that remembers the kinds detects it.
-  Pairs whose brackets are not adjacent are preferred, so that no "(]" or "[)" bigram, which never
-  occurs in a balanced string, gives the corruption away locally; such a bigram remains only where
-  one kind has nothing but adjacent pairs (measured: about 60% of the negatives at L = 8, 20% at
-  16, 2% at 32, none in thousands at 64 and beyond). When all pairs have one kind (probability
-  2^(1 - n): always at L = 2, half the strings at L = 4, below 1% from L = 16), the opening and
-  closing brackets of a random top-level pair are exchanged instead, which drives the depth below
-  zero. Short strings are therefore easier than long ones, as they are anyway.
+Definition: a string of L = `length` tokens over ( ) [ ] (tokens 0, 1, 2, 3; L even); the target,
+read at the last step, is 1 if the string is balanced (a Dyck-2 word: every closing bracket closes
+the most recent unclosed opening bracket, of the same kind, and none is left open), else 0.
 
-Departures: Suzgun et al. train next-character prediction on Dyck words and Delétang et al. have no
-Dyck task; the recognition framing with matched-count negatives is ours.
+Sampling, with G = max(3, L // 4) (the guard):
+1. Shape: a uniformly random Dyck word with n = L/2 pairs, the sequence of opening and closing
+   (cycle lemma: a uniform arrangement of n up-steps and n + 1 down-steps, rotated to start just
+   after its first minimum, last step dropped), conditioned on having an eligible pair: a pair
+   B = (b1, b2) nested inside another pair and spanning b2 - b1 >= G. Rejection keeps the
+   conditioned shape uniform over the shapes that have one (71% of all shapes at L = 16, 84% at
+   24, 97% at 64).
+2. B is uniform among the eligible pairs of the shape; A = (a1, a2) is the pair just enclosing it.
+3. Kinds: every pair but B gets a kind uniformly at random, independently; B gets the other kind
+   than A. That string is the positive. The negative is the same string with the closing brackets
+   of A and B exchanged: a1 and b2 then have kind k, b1 and a2 the other kind.
+Both classes use steps 1-3 with the same distribution; each row is one class (rows alternate,
+positive first, a fair coin picking the extra row's class when the batch is odd), so chance is 1/2.
+
+Why nothing local tells the classes apart. The exchange keeps the shape and every symbol count
+(pointwise). Given the shape and the couple (A, B), drawn alike in both classes, the kinds of the
+four positions are (k, 1-k, 1-k, k) at (a1, b1, b2, a2) in a positive and (k, 1-k, k, 1-k) in a
+negative, k uniform, and every other position has an independent uniform kind shared with its
+partner. A set of positions that does not hold both ends of one of the couples (a1, a2), (b1, b2),
+(a1, b2), (b1, a2) therefore has the same joint distribution in both classes: the kinds it sees at
+the four positions are uniform and independent of the rest in either class ((a1, b1) see (k, 1-k)
+and (b2, a2) see one kind and the other, in both). Those couples are at least b2 - b1 >= G apart,
+so every window of up to G consecutive tokens (the first and last ones included) has the same
+distribution in both classes, and so has every n-gram count for n <= G in expectation; no n-gram
+of a negative is impossible in a positive. What differs is long-range: whether the kind of b2 (and
+a2) matches the kind of its partner, b2 - b1 >= G steps back. (A negative with the very bag of
+trigrams of a positive exists for under 2% of Dyck-2 words at L <= 12, by enumeration, and an
+exchange of two closers with equal neighbourhoods for 22% at L = 32: conditioning on that stronger
+property would distort the positives far more.)
+
+Length: L even and L >= 10. Below 6 every unbalanced string with the symbol counts of a balanced
+one has a local tell, an n-gram (n <= 3, padded at both ends) that no balanced string of its length
+has (the tests check it by enumeration). At 6 and 8 the construction leaves 8 and 108 distinct
+strings, few enough for n-gram counts to tell them apart: the shortcut learner of
+seqbench.cell.shortcut (linear in those counts) reaches up to 0.70 at 6 and 0.55 at 8 on the quick
+preset's held-out sets (256 samples, 3 seeds; 0.64 and 0.53 on 4096 samples). From 10 on it stays
+within 0.02 of chance on 4096 samples, at every length of the presets.
+
+Not covered: the joint distribution of all windows. At short lengths the whole bag of trigrams
+nearly determines the string, so a non-linear learner on it tells the classes apart (a Bayes
+classifier on the bag: exactly 1.0 at L = 8 and 0.97 at 12; an MLP on the bag, measured: 0.89 at
+16, 0.70 at 24, 0.62 at 32, 0.53 at 64). Non-linear learners on global counts are out of scope
+here, as for parity, which an MLP solves from the count of ones at any length.
+
+Departures: the sources train next-character prediction on words sampled from a probabilistic
+grammar; here the task is membership, the positives are uniform shapes conditioned on an eligible
+pair with one marked pair forced to differ in kind from its parent (so they are not uniform Dyck-2
+words), and the negatives match them at every window of G tokens.
+
+Speed: lengths up to TABLE_MAX draw (shape, B) from a table of every such couple with its exact
+probability (one search per row) and only the kinds at random, about 10 tensor operations; longer
+ones build the shapes on the fly (about 70 operations, an argsort and a median among them).
 """
 from __future__ import annotations
+
+import functools
+import math
 
 import torch
 
 from seqbench.strict import require
 from seqbench.tasks.base import Batch, IOSpec, Task
 
-OPEN = (0, 2)  # "(" and "["; the closing bracket of kind k is token 2k + 1
+MIN_LENGTH = 10
+TABLE_MAX = 24  # longest length drawn from a table of (shape, B) couples (54 MB, 1-3 s to build)
+ACCEPT = 0.8  # lower bound on the fraction of shapes with an eligible pair above TABLE_MAX
+
+
+def guard(length: int) -> int:
+    """G: the span b2 - b1 of the mismatched inner pair is at least G, so every window of G tokens
+    has the same distribution in both classes."""
+    return max(3, length // 4)
 
 
 def dyck_shapes(b: int, n: int, generator: torch.Generator, device) -> torch.Tensor:
     """(b, 2n) bool, True at opening brackets: uniform Dyck words with n pairs (cycle lemma)."""
-    noise = torch.rand(b, 2 * n + 1, generator=generator, device=device, dtype=torch.float64)
-    up = torch.zeros(b, 2 * n + 1, dtype=torch.bool, device=device)
-    up.scatter_(1, noise.argsort(1)[:, :n], True)
-    walk = torch.where(up, 1, -1).cumsum(1)
-    is_min = walk == walk.min(1, keepdim=True).values
-    first_min = is_min & (is_min.long().cumsum(1) == 1)
-    steps = torch.arange(2 * n + 1, device=device)
-    start = (first_min.long() * steps).sum(1, keepdim=True) + 1
-    return up.gather(1, (start + steps[: 2 * n]) % (2 * n + 1))
+    keys = torch.rand(b, 2 * n + 1, generator=generator, device=device, dtype=torch.float64)
+    return shapes_from_keys(keys)
+
+
+def shapes_from_keys(keys: torch.Tensor) -> torch.Tensor:
+    """The cycle-lemma Dyck word of each row of distinct keys (b, 2n + 1): up-steps at the n
+    smallest keys, rotated to start after the first minimum of the walk, last step dropped."""
+    m = keys.shape[1]
+    up = keys < keys.median(1, keepdim=True).values  # the median of 2n + 1: the (n + 1)-th smallest
+    start = walk(up).argmin(1, keepdim=True) + 1  # argmin returns the first minimum
+    return up.gather(1, (start + steps(m - 1, keys.device)) % m)
+
+
+@functools.lru_cache(maxsize=64)
+def steps(length: int, device) -> torch.Tensor:
+    """arange(length) on device, shared: read it, never write it."""
+    return torch.arange(length, device=device)
+
+
+def walk(up: torch.Tensor) -> torch.Tensor:
+    """Height after each step of the walks with up-steps at `up` (b, L): openers minus closers."""
+    return 2 * up.cumsum(1) - 1 - steps(up.shape[1], up.device)
+
+
+def all_shapes(n: int, device) -> torch.Tensor:
+    """(Catalan(n), 2n) bool: every Dyck word with n pairs, built step by step."""
+    shapes = torch.zeros(1, 0, dtype=torch.bool, device=device)
+    for step in range(2 * n):
+        opened = shapes.sum(1)
+        height = 2 * opened - step
+        grow = [(opened < n, True), (height > 0, False)]
+        shapes = torch.cat([
+            torch.cat([shapes[ok], torch.full((int(ok.sum()), 1), up, device=device)], 1)
+            for ok, up in grow
+        ])
+    return shapes
 
 
 def partners(opens: torch.Tensor) -> torch.Tensor:
     """(b, 2n) index of the matching bracket of every position of Dyck words `opens`. At each
     nesting level openings and closings alternate, so sorting by (level, position) lists every
     pair as two neighbours."""
-    b, length = opens.shape
-    depth = torch.where(opens, 1, -1).cumsum(1)
-    level = torch.where(opens, depth, depth + 1)
-    order = (level * length + torch.arange(length, device=opens.device)).argsort(1)
-    swapped = order.view(b, length // 2, 2).flip(-1).reshape(b, length)
-    return torch.empty_like(order).scatter_(1, order, swapped)
+    length = opens.shape[1]
+    level = walk(opens) + ~opens  # the level of the pair a bracket belongs to
+    order = (level * length + steps(length, opens.device)).argsort(1)
+    first, second = order[:, 0::2], order[:, 1::2]
+    return torch.empty_like(order).scatter_(1, first, second).scatter_(1, second, first)
+
+
+def eligible(opens: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
+    """(b, L) bool: the openers b1 of eligible pairs, nested in another pair (level >= 2) with
+    partner(b1) - b1 >= G."""
+    length = opens.shape[1]
+    span = partner - steps(length, opens.device)
+    return opens & (walk(opens) >= 2) & (span >= guard(length))  # an opener's walk: its level
+
+
+def skeleton(opens, partner, b1, positive) -> tuple[torch.Tensor, torch.Tensor]:
+    """(src, flip), each (b, L): position t gets the kind of the pair opened at src[t], flipped
+    where flip[t]. b1: (b, 1) openers of the chosen pairs B; positive: (b, 1) bool, the class."""
+    pos = steps(opens.shape[1], opens.device)
+    enclosing = opens & (pos < b1) & (partner > b1)
+    a1 = torch.where(enclosing, pos, -1).amax(1, keepdim=True)  # the innermost one: the parent
+    b2, a2 = partner.gather(1, b1), partner.gather(1, a1)
+    src = torch.where(opens, pos, partner).scatter_(1, torch.cat([b1, b2], 1), a1.expand(-1, 2))
+    second = torch.where(positive, b2, a2)  # B's closer flipped in a positive, A's in a negative
+    flip = (pos == b1) | (pos == second)
+    return src, flip
+
+
+def tokens(bits, src, flip, opens) -> torch.Tensor:
+    """Tokens 2 * kind + closing, kind = bits[src] XOR flip."""
+    return 2 * (bits.gather(1, src) ^ flip.long()) + (~opens).long()
+
+
+def class_pattern(b: int, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The class of each of b rows, as (b,) bool True for positives and (b,) int64 1 for negatives:
+    rows alternate, positive first; for odd b a fair coin picks the class of the extra row, so the
+    expected fraction of positives is exactly 1/2. Cached: read the tensors, never write them."""
+    phase = 0 if b % 2 == 0 else int(torch.randint(0, 2, (), generator=generator, device=device))
+    return alternating(b, phase, str(device))
+
+
+@functools.lru_cache(maxsize=64)
+def alternating(b: int, phase: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    positive = (torch.arange(b, device=device) + phase) % 2 == 0
+    return positive, (~positive).long()
+
+
+@functools.lru_cache(maxsize=8)
+def table(length: int, device: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Every (shape, B) couple at `length` with its probability, for both classes.
+
+    Returns (code, cum, total): code (C, 2, 3, L) int8, code[c, 0] and code[c, 1] the positive and
+    the negative skeleton of couple c as (src, base, mult), so that the token is base + bit * mult
+    for bit = the random kind of src; cum (C,) int64, cumulative integer weights proportional to
+    1 / (number of eligible pairs of the couple's shape): shapes uniform, B uniform within one.
+    """
+    shapes = all_shapes(length // 2, device)
+    partner = partners(shapes)
+    which, b1 = eligible(shapes, partner).nonzero(as_tuple=True)
+    counts = torch.bincount(which, minlength=len(shapes))[which]
+    lcm = math.lcm(*counts.unique().tolist())
+    cum = (lcm // counts).cumsum(0)
+    opens, partner, b1 = shapes[which], partner[which], b1[:, None]
+    rows = []
+    for positive in (True, False):
+        src, flip = skeleton(opens, partner, b1, torch.tensor(positive, device=device))
+        base = 2 * flip.long() + (~opens).long()
+        rows.append(torch.stack([src, base, 2 - 4 * flip.long()], 1))
+    return torch.stack(rows, 1).to(torch.int8), cum, int(cum[-1])
 
 
 class Dyck(Task):
     name = "dyck"
-    summary = "Dyck-2 recognition: is a string of ( ) [ ] balanced? (hard, count-matched negatives)"
+    summary = "Dyck-2 recognition: is a string of ( ) [ ] balanced? (negatives differ only far apart)"
+    version = 2
     io = IOSpec("tokens", input_size=4, output_size=2)
     readout = "final"
     solve_threshold = 0.99
-    min_length = 2
+    min_length = MIN_LENGTH
     bidirectional_ok = True
 
     def check_length(self, length: int, field: str = "length") -> None:
-        super().check_length(length, field)
+        require(
+            isinstance(length, int) and length >= self.min_length, field,
+            f"task {self.name!r} needs an integer length >= {self.min_length}, got {length!r} "
+            "(below 6 every unbalanced string with the counts of a balanced one has a local "
+            "tell, an n-gram no balanced string has; at 6 and 8 so few strings remain, 8 and 108, "
+            "that n-gram counts tell them apart)")
         require(length % 2 == 0, field,
                 f"task {self.name!r} needs an even length (a balanced string has one), got {length}")
 
     def sample(self, length, batch_size, generator, device):
         self.check_length(length)
-        b = batch_size
-        opens = dyck_shapes(b, length // 2, generator, device)
-        partner = partners(opens)
-        kind = torch.randint(0, 2, opens.shape, generator=generator, device=device)
-        kind = torch.where(opens, kind, kind.gather(1, partner))
-        tokens = 2 * kind + (~opens).long()
+        positive, negative = class_pattern(batch_size, generator, device)
+        if length <= TABLE_MAX:
+            inputs = self._from_table(length, negative, generator, device)
+        else:
+            inputs = self._on_the_fly(length, positive, generator, device)
+        return Batch(inputs, positive.long())
 
-        # labels: floor(B/2) balanced rows (+1 with probability 1/2 if B is odd), at random rows
-        n_pos = b // 2 + (b % 2) * torch.randint(0, 2, (), generator=generator, device=device)
-        rows = torch.rand(b, generator=generator, device=device).argsort()
-        labels = torch.zeros(b, dtype=torch.long, device=device)
-        labels.scatter_(0, rows, (torch.arange(b, device=device) < n_pos).long())
+    @staticmethod
+    def _from_table(length, negative, generator, device):
+        code, cum, total = table(length, str(device))
+        draw = torch.randint(0, total, negative.shape, generator=generator, device=device)
+        couple = torch.searchsorted(cum, draw, right=True)
+        src, base, mult = code[couple, negative].long().unbind(1)
+        bits = torch.randint(0, 2, src.shape, generator=generator, device=device)
+        return base + bits.gather(1, src) * mult
 
-        # corruption: exchange the closing brackets of two pairs of different kinds (preferring
-        # non-adjacent pairs), or else the two brackets of a random top-level pair
-        pos = torch.arange(length, device=device)
-        priority = torch.rand(opens.shape, generator=generator, device=device)
-        priority = priority + 2 * (partner != pos + 1)
-        chosen = []
-        for k in (0, 1):
-            candidates = opens & (kind == k)
-            first = torch.where(candidates, priority, -1.0).argmax(1, keepdim=True)
-            chosen.append((candidates.any(1, keepdim=True), partner.gather(1, first)))
-        (has0, close0), (has1, close1) = chosen
-        top = opens & (torch.where(opens, 1, -1).cumsum(1) == 1)
-        top_open = torch.where(top, priority, -1.0).argmax(1, keepdim=True)
-        mixed = has0 & has1
-        i = torch.where(mixed, close0, top_open)
-        j = torch.where(mixed, close1, partner.gather(1, top_open))
-        corrupted = tokens.clone()
-        corrupted.scatter_(1, i, tokens.gather(1, j))
-        corrupted.scatter_(1, j, tokens.gather(1, i))
-        inputs = torch.where(labels[:, None] == 1, tokens, corrupted)
-        return Batch(inputs, labels)
+    @staticmethod
+    def _on_the_fly(length, positive, generator, device):
+        b, n = len(positive), length // 2
+        parts, have = [], 0
+        while have < b:  # rejection: draw shapes until b of them have an eligible pair
+            rows = math.ceil((b - have) / ACCEPT) + 4
+            u = torch.rand(rows, 2 * n + 2, generator=generator, device=device,
+                           dtype=torch.float64)
+            opens = shapes_from_keys(u[:, :-1])
+            partner = partners(opens)
+            ranks = eligible(opens, partner).cumsum(1)
+            pick = (u[:, -1:] * ranks[:, -1:]).long()  # uniform among the eligible pairs
+            b1 = (ranks <= pick).sum(1, keepdim=True)
+            keep = (ranks[:, -1] > 0).nonzero()[: b - have, 0]
+            parts.append((opens[keep], partner[keep], b1[keep]))
+            have += len(keep)
+        opens, partner, b1 = parts[0] if len(parts) == 1 else map(torch.cat, zip(*parts))
+        src, flip = skeleton(opens, partner, b1, positive[:, None])
+        bits = torch.randint(0, 2, src.shape, generator=generator, device=device)
+        return tokens(bits, src, flip, opens)
 
     def chance(self, length):
         return 0.5

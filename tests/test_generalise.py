@@ -156,8 +156,8 @@ def test_record_round_trips_with_generalise(tmp_path):
         ("parity", 4, {"train": "range"}, r"^generalise\.lengths: required key is missing"),
         ("parity", 4, {"lengths": [6.5]}, r"^generalise\.lengths\[0\]: expected int"),
         ("parity", 4, 8, r"^generalise: expected a table"),
-        ("dyck", 4, {"lengths": [6, 9]}, (r"^generalise\.lengths\[1\]: task 'dyck' needs an even "
-                                         r"length")),
+        ("dyck", 10, {"lengths": [12, 15]}, (r"^generalise\.lengths\[1\]: task 'dyck' needs an "
+                                            r"even length")),
     ],
 )
 def test_generalise_is_validated(task, length, generalise, message):
@@ -175,7 +175,7 @@ def test_generalise_mapping_is_parsed_when_built_directly():
 
 def test_train_lengths_and_max_length():
     assert lg_cell("parity", length=5, lengths=(9,)).train_lengths() == [1, 2, 3, 4, 5]
-    assert lg_cell("dyck", length=8, lengths=(10,)).train_lengths() == [2, 4, 6, 8]
+    assert lg_cell("dyck", length=14, lengths=(16,)).train_lengths() == [10, 12, 14]
     assert lg_cell("even_pairs", length=4, lengths=(6,)).train_lengths() == [2, 3, 4]
     assert lg_cell("parity", length=5, lengths=(9,), train="fixed").train_lengths() == [5]
     assert make_cell("parity", "rnn", 5).train_lengths() == [5]
@@ -186,7 +186,7 @@ def test_train_lengths_and_max_length():
 def test_sweep_plan_tokens_average_over_the_training_lengths():
     steps, batch = 4, 8
     assert SweepPlan.tokens(lg_cell("parity", length=4)) == steps * batch * 2.5  # mean of 1..4
-    assert SweepPlan.tokens(lg_cell("dyck", length=8, lengths=(10,))) == steps * batch * 5
+    assert SweepPlan.tokens(lg_cell("dyck", length=14, lengths=(16,))) == steps * batch * 12
     assert SweepPlan.tokens(lg_cell("parity", length=4, train="fixed")) == steps * batch * 4
     copy = get_task("copy")
     assert SweepPlan.tokens(lg_cell("copy", length=3, lengths=(5,))) == round(
@@ -282,11 +282,11 @@ def batches_equal(a, b) -> bool:
         for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize(("task_name", "n", "samples"), [("parity", 8, 32), ("copy", 6, 300),
-                                                         ("dyck", 10, 20)])
-def test_held_out_test_set_is_the_fixed_length_cells_set(task_name, n, samples):
+@pytest.mark.parametrize(("task_name", "train", "n", "samples"), [
+    ("parity", 4, 8, 32), ("copy", 4, 6, 300), ("dyck", 10, 12, 20)])
+def test_held_out_test_set_is_the_fixed_length_cells_set(task_name, train, n, samples):
     task = get_task(task_name)
-    lg = lg_cell(task_name, length=4, lengths=(n,), samples=samples, seed=2)
+    lg = lg_cell(task_name, length=train, lengths=(n,), samples=samples, seed=2)
     fixed = make_cell(task_name, "rnn", n, seed=2, eval_samples=samples)
     ours = held_out(task, lg, "test", n, samples)
     assert batches_equal(ours, held_out(task, fixed))
@@ -735,11 +735,13 @@ def test_generalise_table_is_strict(change, message):
 
 
 def test_generalise_table_checks_the_task_and_its_lengths():
-    dyck = LG_SWEEP.replace('"parity"', '"dyck"').replace("generalise.parity", "generalise.dyck")
+    dyck = (LG_SWEEP.replace('"parity"', '"dyck"').replace("generalise.parity", "generalise.dyck")
+            .replace("lengths = [4]", "lengths = [10]").replace("lengths = [6, 8]",
+                                                               "lengths = [12, 14]"))
     assert len(load_spec(dyck, "test").cells()) == 4
     with pytest.raises(ConfigError, match=re.escape("generalise.dyck.lengths[1]: task 'dyck' "
                                                     "needs an even length")):
-        load_spec(dyck.replace("lengths = [6, 8]", "lengths = [6, 9]"), "test")
+        load_spec(dyck.replace("lengths = [12, 14]", "lengths = [12, 15]"), "test")
     with pytest.raises(ConfigError, match=re.escape("generalise key: unknown value 'copy'")):
         load_spec(LG_SWEEP.replace("generalise.parity", "generalise.copy"), "test")
 

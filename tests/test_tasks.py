@@ -77,7 +77,8 @@ def test_batch_shapes_dtypes_and_device(task):
 
 
 def test_same_seed_same_batch_different_seed_different_batch(task):
-    a, b, c = (sample(task, 8, 16, seed=s) for s in (3, 3, 4))
+    length = max(8, task.min_length)
+    a, b, c = (sample(task, length, 16, seed=s) for s in (3, 3, 4))
     assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
     if a.mask is not None:
         assert torch.equal(a.mask, b.mask)

@@ -10,12 +10,14 @@ from fractions import Fraction
 import pytest
 import torch
 from conftest import perfect_outputs, sample
+from scipy.stats import chisquare
 
 from seqbench.strict import ConfigError
 from seqbench.tasks import TASKS, get_task
 from seqbench.tasks.assoc_recall import N_KEYS, N_VALUES, AssocRecall
+from seqbench.tasks.base import Batch
 from seqbench.tasks.cycle_nav import CycleNav
-from seqbench.tasks.dyck import Dyck, dyck_shapes, partners
+from seqbench.tasks.dyck import Dyck, all_shapes, class_pattern, dyck_shapes, guard, partners, table
 from seqbench.tasks.even_pairs import EvenPairs
 from seqbench.tasks.induction import TRIGGER, Induction
 from seqbench.tasks.mod_arith import ModArith, evaluate
@@ -51,8 +53,8 @@ def test_registered_with_flags():
 def test_deterministic_per_seed_and_generator_stream(name):
     task = get_task(name)
     g1, g2 = (torch.Generator().manual_seed(7) for _ in range(2))
-    a1, a2 = task.sample(6, 32, g1, "cpu"), task.sample(6, 32, g1, "cpu")
-    b1, b2 = task.sample(6, 32, g2, "cpu"), task.sample(6, 32, g2, "cpu")
+    a1, a2 = task.sample(10, 32, g1, "cpu"), task.sample(10, 32, g1, "cpu")
+    b1, b2 = task.sample(10, 32, g2, "cpu"), task.sample(10, 32, g2, "cpu")
     for x, y in ((a1, b1), (a2, b2)):
         assert torch.equal(x.inputs, y.inputs) and torch.equal(x.targets, y.targets)
     assert not torch.equal(a1.inputs, a2.inputs)  # the generator advances
@@ -304,95 +306,212 @@ def balanced(tokens: list[int]) -> bool:
     return not stack
 
 
-def impossible_bigram(tokens: torch.Tensor) -> torch.Tensor:
-    a, b = tokens[:, :-1], tokens[:, 1:]
-    return (((a == 0) & (b == 3)) | ((a == 2) & (b == 1))).any(1)
+def pairs(shape: list[bool]) -> list[tuple[int, int]]:
+    """The matched (opener, closer) positions of a Dyck shape, by a stack."""
+    stack, out = [], []
+    for i, is_open in enumerate(shape):
+        if is_open:
+            stack.append(i)
+        else:
+            out.append((stack.pop(), i))
+    return out
 
 
-@pytest.mark.parametrize(("length", "b"), [(2, 64), (4, 200), (10, 200), (64, 101)])
-def test_dyck_labels_by_stack_and_count_matched_negatives(length, b):
+def is_dyck_shape(shape: list[bool]) -> bool:
+    depth = 0
+    for is_open in shape:
+        depth += 1 if is_open else -1
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def eligible_shape(shape: list[bool], length: int) -> bool:
+    """Some pair lies inside another and spans b2 - b1 >= guard(length)."""
+    ps = pairs(shape)
+    return any(j - i >= guard(length) and any(a < i and j < b for a, b in ps) for i, j in ps)
+
+
+def exact(length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every (word, class) the table sampler can draw, with an integer weight proportional to its
+    probability: words (R, L) int8, positive (R,) bool, weight (R,) int64."""
+    code, cum, _ = table(length, "cpu")
+    weight = torch.diff(cum, prepend=cum.new_zeros(1))
+    src, base, mult = code.flatten(0, 1).long().unbind(1)  # rows 2c (positive), 2c + 1
+    n, couples = length // 2, len(weight)
+    openers = (base[0::2] % 2 == 0).nonzero()[:, 1].view(couples, n)
+    patterns = torch.tensor(list(itertools.product((0, 1), repeat=n)), dtype=torch.int8)
+    p = len(patterns)
+    bits = torch.zeros(couples, p, length, dtype=torch.int8).scatter_(
+        2, openers[:, None].expand(-1, p, -1), patterns.expand(couples, -1, -1))
+    bits = bits.repeat_interleave(2, 0)
+    words = base.to(torch.int8)[:, None] + bits.gather(
+        2, src[:, None].expand(-1, p, -1)) * mult.to(torch.int8)[:, None]
+    positive = torch.tensor([True, False]).repeat(couples)[:, None].expand(-1, p)
+    return words.flatten(0, 1), positive.flatten(), weight.repeat_interleave(2 * p)
+
+
+@pytest.mark.parametrize("length", [10, 12])
+def test_dyck_exact_distribution_labels_counts_and_shapes(length):
+    """Over every word the sampler can draw: the label is balancedness, every word has the symbol
+    counts and the bracket shape of a balanced word, and each negative has its positive's shape."""
+    words, positive, weight = exact(length)
+    for row, label in zip(words.tolist(), positive.tolist(), strict=True):
+        assert balanced(row) == label
+        assert row.count(0) == row.count(1) and row.count(2) == row.count(3)
+        assert is_dyck_shape([t % 2 == 0 for t in row])
+    assert torch.equal(words[0::2] % 2, words[1::2] % 2)  # same shape, row by row
+    assert weight[positive].sum() == weight[~positive].sum()
+
+
+@pytest.mark.parametrize("length", [10, 12, 16])
+def test_dyck_every_window_of_guard_tokens_is_alike_in_both_classes(length):
+    """Exactly: each window of G = guard(L) consecutive tokens, at each position, has the same
+    distribution among positives as among negatives (so has every shorter window, every n-gram
+    count for n <= G in expectation, and the start- and end-padded n-grams)."""
+    words, positive, weight = exact(length)
+    g = guard(length)
+    assert g == max(3, length // 4)
+    for start in range(length - g + 1):
+        code = sum(words[:, start + m].long() * 4**m for m in range(g))
+        hist = [torch.bincount(code[cls], weight[cls].double(), minlength=4**g)
+                for cls in (positive, ~positive)]
+        assert torch.equal(hist[0], hist[1])
+
+
+@pytest.mark.parametrize("length", [10, 12])
+def test_dyck_positive_shapes_uniform_over_eligible_shapes(length):
+    """Exactly: every Dyck shape with an eligible pair (found here by a stack) has the same total
+    probability among positives, and no other shape occurs."""
+    words, positive, weight = exact(length)
+    mass: dict[tuple, int] = {}
+    for row, w in zip(words[positive].tolist(), weight[positive].tolist(), strict=True):
+        shape = tuple(t % 2 == 0 for t in row)
+        mass[shape] = mass.get(shape, 0) + w
+    catalan = [list(s) for s in itertools.product((True, False), repeat=length) if is_dyck_shape(s)]
+    assert len(catalan) == math.comb(length, length // 2) // (length // 2 + 1)
+    assert set(mass) == {tuple(s) for s in catalan if eligible_shape(s, length)}
+    assert len(set(mass.values())) == 1
+
+
+def test_dyck_sampler_matches_the_exact_distribution():
+    """Both sampling paths (the table below TABLE_MAX, shapes built on the fly above it, here
+    forced at length 10) draw (word, class) with the exact probabilities: chi-square, p > 0.001."""
+    length, n = 10, 100_000
+    words, positive, weight = exact(length)
+    probs: dict[tuple, float] = {}
+    total = weight.sum().item()
+    for row, label, w in zip(words.tolist(), positive.tolist(), weight.tolist(), strict=True):
+        probs[(*row, label)] = probs.get((*row, label), 0) + w / total
+    keys = sorted(probs)
+    g = torch.Generator().manual_seed(12)
+    positive, _ = class_pattern(n, g, "cpu")
+    drawn = {
+        "table": sample(Dyck(), length, n, seed=12),
+        "on the fly": Batch(Dyck._on_the_fly(length, positive, g, "cpu"), positive.long()),
+    }
+    for batch in drawn.values():
+        rows = torch.cat([batch.inputs, batch.targets[:, None]], 1).tolist()
+        seen: dict[tuple, int] = {}
+        for row in rows:
+            seen[tuple(row)] = seen.get(tuple(row), 0) + 1
+        assert set(seen) <= set(probs)
+        observed = [seen.get(k, 0) for k in keys]
+        assert chisquare(observed, [n * probs[k] for k in keys]).pvalue > 1e-3
+
+
+@pytest.mark.parametrize(("length", "b"), [(10, 64), (20, 200), (26, 200), (64, 101), (128, 33)])
+def test_dyck_labels_by_stack_and_mismatches_far_apart(length, b):
+    """Every row: the label is balancedness, counts and shape are those of a balanced string; a
+    negative has exactly two mismatched pairs (by the shape's pairing), B and the pair just
+    enclosing it, with b2 - b1 >= guard(L); a positive has none."""
     task = Dyck()
     batch = sample(task, length, b, seed=length)
     x, y = batch.inputs, batch.targets
     assert x.shape == (b, length) and y.shape == (b,)
-    assert y.sum().item() in (b // 2, b // 2 + 1)  # half balanced
+    assert y.tolist() == [int(i % 2 == 0) for i in range(b)] or b % 2 == 1
+    assert y.sum().item() in (b // 2, b // 2 + 1)
     for row, label in zip(x.tolist(), y.tolist(), strict=True):
         assert label == int(balanced(row))
-        # every negative keeps the counts of a balanced string
         assert row.count(0) == row.count(1) and row.count(2) == row.count(3)
+        shape = [t % 2 == 0 for t in row]
+        assert is_dyck_shape(shape)
+        bad = [(i, j) for i, j in pairs(shape) if row[j] != row[i] + 1]
+        if label:
+            assert not bad
+        else:
+            (a1, a2), (b1, b2) = sorted(bad)
+            assert a1 < b1 < b2 < a2 and b2 - b1 >= guard(length)
+            assert not any(a1 < i < b1 and b2 < j < a2 for i, j in pairs(shape))  # A: the parent
     out = perfect_outputs(task, batch)
     assert torch.all(task.score(out, batch) == 1.0) and task.loss(out, batch).item() < 1e-4
 
 
-def test_dyck_negatives_keep_a_valid_shape_when_two_kinds_exist():
-    batch = sample(Dyck(), 16, 400, seed=8)
-    neg = batch.inputs[batch.targets == 0]
-    opens = (neg % 2) == 0
-    depth = torch.where(opens, 1, -1).cumsum(1)
-    two_kinds = (neg < 2).any(1) & (neg >= 2).any(1)
-    shape_ok = (depth >= 0).all(1)
-    assert torch.equal(shape_ok, two_kinds)  # type swaps keep the shape; the fallback breaks it
-    assert two_kinds.float().mean() > 0.95
-    # a "(]" or "[)" bigram (never in a balanced string) only where one kind has no pair that
-    # is not a "()" / "[]": a fifth of the negatives at length 16, none here at length 64
-    assert impossible_bigram(neg).float().mean() < 0.3
-    long = sample(Dyck(), 64, 400, seed=8)
-    assert not impossible_bigram(long.inputs).any()
-    tiny = sample(Dyck(), 2, 50)
-    for row, label in zip(tiny.inputs.tolist(), tiny.targets.tolist(), strict=True):
-        assert row in (([0, 1], [2, 3]) if label else ([1, 0], [3, 2]))
+def padded_ngrams(tokens: tuple[int, ...]) -> set[tuple]:
+    x = (4, 4, *tokens, 4, 4)
+    return {x[i : i + n] for n in (1, 2, 3) for i in range(len(x) - n + 1)}
 
 
-def test_dyck_balanced_strings_are_uniform():
-    """Length 6: C_3 * 2^3 = 40 Dyck-2 words, each drawn about equally often."""
-    batch = sample(Dyck(), 6, 24_000, seed=9)
-    pos = batch.inputs[batch.targets == 1]
-    words, counts = pos.unique(dim=0, return_counts=True)
-    assert len(words) == 40 and all(balanced(w) for w in words.tolist())
-    expected = len(pos) / 40
-    assert (counts.float() - expected).abs().max() < 5 * math.sqrt(expected)
+@pytest.mark.parametrize(("length", "tell_free"), [(2, 0), (4, 0), (6, 8)])
+def test_dyck_below_six_every_negative_has_a_local_tell(length, tell_free):
+    """By enumeration: an unbalanced string with the symbol counts of a balanced one has an n-gram
+    (n <= 3, padded at both ends) that no balanced string of its length has, below length 6; at 6
+    some do not, among them the negatives of the only eligible shape, ((()))."""
+    strings = list(itertools.product(range(4), repeat=length))
+    seen = set().union(*(padded_ngrams(s) for s in strings if balanced(list(s))))
+    counted = [s for s in strings if s.count(0) == s.count(1) and s.count(2) == s.count(3)]
+    hidden = [s for s in counted if not balanced(list(s)) and padded_ngrams(s) <= seen]
+    assert len(hidden) >= tell_free and bool(hidden) == bool(tell_free)
+    if length == 6:
+        assert {(0, 2, 0, 1, 1, 3), (2, 0, 2, 3, 3, 1)} <= set(hidden)
 
 
-def test_dyck_shapes_uniform_and_partners_match_a_stack():
-    g = torch.Generator().manual_seed(0)
-    opens = dyck_shapes(14_000, 4, g, "cpu")
-    depth = torch.where(opens, 1, -1).cumsum(1)
-    assert torch.all(depth >= 0) and torch.all(depth[:, -1] == 0)
-    words, counts = opens.unique(dim=0, return_counts=True)
-    assert len(words) == 14  # Catalan(4), each about 1000 times
-    assert (counts - 1000).abs().max() < 5 * math.sqrt(1000)
-    shapes = dyck_shapes(50, 9, g, "cpu")
-    for row, partner in zip(shapes.tolist(), partners(shapes).tolist(), strict=True):
-        stack, expected = [], [None] * len(row)
-        for i, is_open in enumerate(row):
-            if is_open:
-                stack.append(i)
-            else:
-                j = stack.pop()
-                expected[i], expected[j] = j, i
-        assert partner == expected
-
-
-def test_dyck_refuses_odd_lengths():
+def test_dyck_refuses_short_and_odd_lengths():
     task = Dyck()
-    task.check_length(2)
+    assert task.min_length == 10
+    task.check_length(10)
     task.check_length(64)
-    for bad in (3, 9, 33):
+    for bad in (11, 33):
         with pytest.raises(ConfigError, match=r"^length: task 'dyck' needs an even length"):
             task.check_length(bad)
         with pytest.raises(ConfigError, match=r"^lengths\.x\[0\]: task 'dyck' needs an even"):
             task.check_length(bad, field="lengths.x[0]")
         with pytest.raises(ConfigError, match="even length"):
             sample(task, bad, 4)
-    with pytest.raises(ConfigError, match=r"^length: task 'dyck' needs an integer length >= 2"):
-        task.check_length(0)
+    for short in (0, 2, 4, 6, 8):
+        with pytest.raises(ConfigError, match=r"^length: task 'dyck' needs an integer length >= 10, "
+                                              r"got \d+ \(below 6 every unbalanced string .* local tell"):
+            task.check_length(short)
 
 
 def test_dyck_chance_monte_carlo():
     task, n = Dyck(), 40_000
-    batch = sample(task, 4, n, seed=10)
+    batch = sample(task, 10, n, seed=10)
     assert batch.targets.sum().item() == n // 2
-    assert task.chance(4) == 0.5
+    assert task.chance(10) == 0.5
     assert constant_score(task, batch, 1).mean().item() == 0.5
-    odd = [sample(task, 4, 7, seed=s).targets.sum().item() for s in range(40)]
+    odd = [sample(task, 10, 7, seed=s).targets.sum().item() for s in range(40)]
     assert set(odd) == {3, 4}
+
+
+def test_dyck_shapes_uniform_and_partners_match_a_stack():
+    g = torch.Generator().manual_seed(0)
+    opens = dyck_shapes(14_000, 4, g, "cpu")
+    assert all(is_dyck_shape(row) for row in opens.tolist())
+    words, counts = opens.unique(dim=0, return_counts=True)
+    assert len(words) == 14  # Catalan(4), each about 1000 times
+    assert (counts - 1000).abs().max() < 5 * math.sqrt(1000)
+    shapes = dyck_shapes(50, 9, g, "cpu")
+    for row, partner in zip(shapes.tolist(), partners(shapes).tolist(), strict=True):
+        expected = [0] * len(row)
+        for i, j in pairs(row):
+            expected[i], expected[j] = j, i
+        assert partner == expected
+
+
+@pytest.mark.parametrize("n", [1, 4, 7])
+def test_dyck_all_shapes_enumerates_each_dyck_word_once(n):
+    shapes = all_shapes(n, "cpu")
+    assert len(shapes) == math.comb(2 * n, n) // (n + 1)
+    assert len(shapes.unique(dim=0)) == len(shapes)
+    assert all(is_dyck_shape(row) for row in shapes.tolist())
