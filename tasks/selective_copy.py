@@ -15,10 +15,17 @@ scores 1/14 exactly and the noise and marker classes score 0.
 `length` is L, the number of noise tokens, as T is for `copy`: with fixed positions (the first K
 steps) this generator is the copy task. The paper trains at one sequence length (4096); here L is
 the sweep axis, so min_length is 1 (at least one noise token to skip).
+
+The positions are the 16 largest of L + 16 float32 uniform keys. torch.rand's float32 values lie on
+a grid of 2^-24, so the 16th and 17th largest fall in one cell with probability about
+(L + 16) 2^-25 per sequence (1.2e-4 at L = 4096, 1e-6 at L = 16), and torch.topk then picks one by
+a fixed rule: that is how far the positions depart from uniform. Float64 keys would remove it, at the cost of a new random
+stream (a new task version).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from seqbench.tasks.base import Batch, IOSpec, Task, scored_tail
 
@@ -48,11 +55,11 @@ class SelectiveCopy(Task):
         # K distinct positions, uniform over the K-subsets of the region, in increasing order
         keys = torch.rand(batch_size, region, generator=generator, device=device)
         positions = keys.topk(N_DATA, dim=1).indices.sort(dim=1).values
-        data = tokens.new_full((batch_size, region), NOISE).scatter_(1, positions, tokens)
-        markers = tokens.new_full((batch_size, N_DATA), MARKER)
-        inputs = torch.cat([data, markers], dim=1)
-        targets = torch.cat([tokens.new_full((batch_size, region), NOISE), tokens], dim=1)
-        return Batch(inputs, targets, scored_tail(batch_size, self.seq_len(length), N_DATA, device))
+        inputs = tokens.new_full((batch_size, region + N_DATA), MARKER)
+        inputs[:, :region] = NOISE
+        inputs.scatter_(1, positions, tokens)
+        targets = F.pad(tokens, (region, 0), value=NOISE)
+        return Batch(inputs, targets, scored_tail(batch_size, region + N_DATA, N_DATA, device))
 
     def chance(self, length):
         return 1 / N_SYMBOLS

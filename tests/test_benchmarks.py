@@ -7,16 +7,31 @@ runs once, a quick smoke check. `tox -e bench` enables them with warm-up and sav
 `tox -e bench -- --benchmark-compare --benchmark-compare-fail=median:25%`.
 Sequence length, tokens per call and (for training) the bytes saved for backward go into each
 result's extra_info.
+
+test_sampler_cost checks the suite's bar on data generation: at every length a preset trains a task
+at (dyck aside), drawing a batch of 32 costs under 2% of an LSTM training step (20K parameters,
+forward, backward and AdamW, one thread), both timed with seqbench.measure.timing.time_blocks in short blocks,
+the two in turn for a few seconds: each figure is the fastest block, so that load from other
+processes on a shared machine, which only ever adds time, counts in neither.
+Where a sampler was rewritten, the old one (tests/reference_samplers.py) is timed too. Each result's extra_info
+holds the times, the fraction and the speed-up, and `-s` prints them as one table per run:
+`pytest tests/test_benchmarks.py -k sampler_cost --benchmark-enable -s`.
 """
 from __future__ import annotations
 
+import functools
+import time
+
 import pytest
 import torch
+from reference_samplers import REFERENCES
 
 from seqbench.measure.memory import saved_bytes
 from seqbench.measure.point import Harness, MeasurePoint
+from seqbench.measure.timing import time_blocks
 from seqbench.models import FAMILIES
 from seqbench.strict import ConfigError
+from seqbench.sweeps.spec import PRESETS, preset
 from seqbench.tasks import TASKS, get_task
 
 pytestmark = pytest.mark.benchmark
@@ -73,3 +88,69 @@ def test_batch_generation(benchmark, name, length):
                              "batch_size": BATCH}
     batch = benchmark(task.sample, length, BATCH, gen, "cpu")
     assert batch.inputs.shape[:2] == (BATCH, task.seq_len(length))
+
+
+# --- data generation against the training step -------------------------------------------------
+
+COST_BATCH = 32
+COST_BAR = 0.02  # batch generation / LSTM training step
+COST_SECONDS = 3.0  # time_blocks runs go on in turn, at least 3 each, until this is spent
+
+
+def preset_lengths() -> list[tuple[str, int]]:
+    """(task, length) for every length some preset trains a task at; dyck is measured elsewhere."""
+    cells = set()
+    for name in PRESETS:
+        spec = preset(name)
+        cells.update((task, n) for task in spec.tasks if task != "dyck"
+                     for n in spec.lengths_for(task))
+    return sorted(cells)
+
+
+@pytest.fixture(scope="module")
+def cost_table():
+    """Rows of test_sampler_cost, printed as one table when the module ends (shown under -s)."""
+    rows: list[str] = []
+    yield rows
+    if rows:
+        print("\nbatch generation (batch 32) against an LSTM training step (20K params, CPU)")
+        print(f"{'task':15} {'length':>6} {'old ms':>8} {'new ms':>8} {'old/new':>8} "
+              f"{'step ms':>8} {'new/step':>8}")
+        print("\n".join(rows))
+
+
+@pytest.mark.parametrize(("name", "length"), preset_lengths())
+def test_sampler_cost(benchmark, cost_table, name, length):
+    task, reference = get_task(name), REFERENCES.get(name)
+    gen = torch.Generator().manual_seed(0)
+    new = functools.partial(task.sample, length, COST_BATCH, gen, "cpu")
+    benchmark.group = f"sampler cost {name}"
+    batch = benchmark(new)
+    assert batch.inputs.shape[:2] == (COST_BATCH, task.seq_len(length))
+    if benchmark.disabled:  # the normal test run: a smoke check, nothing timed
+        return
+    h = Harness(MeasurePoint(model="lstm", length=length, batch_size=COST_BATCH, params=20_000,
+                             task=name))
+    h.train_step()  # optimiser state exists from here on, as in seqbench.measure.point
+    calls = {"step": h.train_step, "new": new}
+    if reference is not None:
+        calls["old"] = functools.partial(reference.sample, length, COST_BATCH, gen, "cpu")
+    best = dict.fromkeys(calls, float("inf"))
+    start, rounds = time.perf_counter(), 0
+    while rounds < 3 or (rounds < 50 and time.perf_counter() - start < COST_SECONDS):
+        for key, fn in calls.items():  # in turn; load from other processes only adds time
+            best[key] = min(best[key], *time_blocks(fn, "cpu", blocks=5, min_block_s=0.005).samples)
+        rounds += 1
+    step, new_s, old_s = best["step"], best["new"], best.get("old")
+    fraction = new_s / step
+    benchmark.extra_info |= {
+        "task": name, "length": length, "seq_len": task.seq_len(length), "batch_size": COST_BATCH,
+        "sampler_ms": 1e3 * new_s, "old_sampler_ms": old_s and 1e3 * old_s,
+        "lstm_step_ms": 1e3 * step, "fraction_of_step": fraction,
+        "speedup": old_s and old_s / new_s,
+    }
+    old = "-" if old_s is None else f"{1e3 * old_s:8.4f}"
+    speedup = "-" if old_s is None else f"{old_s / new_s:7.1f}x"
+    cost_table.append(f"{name:15} {length:6d} {old:>8} {1e3 * new_s:8.4f} {speedup:>8} "
+                      f"{1e3 * step:8.2f} {100 * fraction:7.2f}%")
+    assert fraction < COST_BAR, f"{name} at {length}: batch generation is {fraction:.1%} of a step"

@@ -6,8 +6,10 @@ import math
 import pytest
 import torch
 from conftest import perfect_outputs, sample
+from reference_samplers import REFERENCES
 
 from seqbench.strict import ConfigError
+from seqbench.sweeps.spec import PRESETS, preset
 from seqbench.tasks import TASKS, get_task
 from seqbench.tasks.adding import Adding
 from seqbench.tasks.copy_memory import CopyMemory
@@ -115,6 +117,34 @@ def test_check_length_rejects_short_lengths(task):
         task.check_length(task.min_length - 1, field="lengths.x[0]")
     with pytest.raises(ConfigError, match="length"):
         task.check_length(float(task.min_length + 1))
+
+
+# --- samplers rewritten for speed, same random stream ------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(n for n, ref in REFERENCES.items() if ref.same_stream))
+def test_rewritten_sampler_draws_the_old_batches(name):
+    """From the same generator, a sampler rewritten without a version bump returns the very batches
+    of its old code (tests/reference_samplers.py) and leaves the generator in the same state: the
+    same distribution, from the same random stream, so every stored record stays valid. Lengths:
+    the shortest ones, odd and even, powers of two and their neighbours, and every length a preset
+    trains or tests the task at."""
+    task, reference = get_task(name), REFERENCES[name].sample
+    lengths = set(range(task.min_length, task.min_length + 6)) | {7, 8, 9, 16, 17, 20, 33}
+    for spec in map(preset, PRESETS):
+        if name in spec.tasks:
+            generalise = spec.generalise_for(name)
+            lengths |= set(spec.lengths_for(name)) | set(generalise.lengths if generalise else ())
+    for length in sorted(lengths):
+        for batch_size, seed in ((1, 0), (5, length), (32, 2 * length + 1)):
+            g_new, g_old = (torch.Generator().manual_seed(seed) for _ in range(2))
+            new = task.sample(length, batch_size, g_new, "cpu")
+            old = reference(length, batch_size, g_old, "cpu")
+            for a, b in ((new.inputs, old.inputs), (new.targets, old.targets)):
+                assert a.dtype == b.dtype and a.is_contiguous() and torch.equal(a, b)
+            assert (new.mask is None) == (old.mask is None)
+            assert new.mask is None or torch.equal(new.mask, old.mask)
+            assert torch.equal(g_new.get_state(), g_old.get_state())
 
 
 # --- copy memory -----------------------------------------------------------------------------

@@ -112,8 +112,9 @@ def test_assoc_recall_unscored_positions_do_not_count():
     out = perfect_outputs(task, batch)
     out[:, :6] = torch.randn(16, 6, N_VALUES) * 100  # garbage on the pairs
     assert torch.all(task.score(out, batch) == 1.0) and task.loss(out, batch).item() < 1e-4
+    rows = torch.arange(16)
     out[:, 6, :] = 0.0
-    out[:, 6, (batch.targets[:, 6] + 1) % N_VALUES] = 1.0  # miss the first query
+    out[rows, 6, (batch.targets[:, 6] + 1) % N_VALUES] = 1.0  # miss the first query, every row
     assert torch.allclose(task.score(out, batch), torch.full((16,), 2 / 3))
 
 
