@@ -113,8 +113,9 @@ class Harness:
         self.batch = self.sample()
 
     def sample(self):
-        return self.task.sample(self.point.length, self.point.batch_size, self.train_step.gen,
-                                self.point.device)
+        """The next training batch as a sweep draws it (prefetched in blocks, so timing many calls
+        gives the amortised cost per step)."""
+        return self.train_step.batch(self.point.length)
 
     def infer_step(self) -> None:
         with torch.inference_mode(), self.autocast:
