@@ -67,6 +67,9 @@ def partners(opens: torch.Tensor) -> torch.Tensor:
 
 class Dyck(Task):
     name = "dyck"
+    order = 130
+    length_symbol = "L"
+    length_meaning = "sequence length"
     summary = "Dyck-2 recognition: is a string of ( ) [ ] balanced? (hard, count-matched negatives)"
     io = IOSpec("tokens", input_size=4, output_size=2)
     readout = "final"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from seqbench.cell.config import CellConfig
+from seqbench.cell.config import CellConfig, display_of
 from seqbench.cell.record import CellRecord
 from seqbench.tasks import TASKS, Batch, Task, get_task
 
@@ -62,6 +62,7 @@ def fake_record(task: str, model: str, length: int, score: float | None, *, seed
         seq_len=t.seq_len(length), params_actual=TINY_PARAMS, steps=cfg.train.steps,
         score=score, score_name=t.score_name, chance=t.chance(length),
         solve_threshold=t.solve_threshold, solved=status == "solved", env={"device": "cpu"},
+        **display_of(model, task),
     )
 
 

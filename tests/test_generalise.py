@@ -397,7 +397,7 @@ def test_row_and_ood_rows():
     assert (flat["generalise.lengths"], flat["generalise.train"], flat["generalise.samples"]) == (
         "6 8", "range", 32)
     assert flat["ood_score"] == 0.625 and flat["score"] == 1.0
-    assert "variant" not in flat and "ood_scores" not in flat
+    assert flat["variant"] == "tf-rope" and "ood_scores" not in flat
     assert ood_rows(record) == [
         {"key": record.key, "task": "parity", "model": "tf-rope", "hpset": "fast", "seed": 1,
          "train_length": 4, "status": "budget", "length": n, "score": s, "chance": 0.5}

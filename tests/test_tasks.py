@@ -45,7 +45,7 @@ def test_registry_names_match_classes():
 
 
 def test_unknown_task_lists_choices():
-    message = rf"^task: unknown value 'nope'; allowed: {', '.join(sorted(TASKS))}$"
+    message = rf"^task: unknown value 'nope'; allowed: {', '.join(sorted(TASKS))}; or a task of "
     with pytest.raises(ConfigError, match=message):
         get_task("nope")
 

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from seqbench.cell.record import FAILED, CellRecord
 from seqbench.fileio import atomic_write
-from seqbench.results.store import Problem, Store
+from seqbench.results.store import Problem, Store, check_names
 from seqbench.strict import ConfigError, check_choice, require
 
 console = Console()
@@ -47,7 +47,8 @@ class Run:
 
 def load_run(root: str | Path, role: str) -> Run:
     """The records of root/cells; raises ConfigError (exit 2) naming the first untrustworthy file
-    (an impossible score in the current run is a regression instead: see compare_accuracy)."""
+    (an impossible score in the current run is a regression instead: see compare_accuracy), or
+    naming a plug-in its records use that is not installed here."""
     root = Path(root)
     require(root.is_dir(), f"--{role}", f"{root} is not a folder")
     loaded = Store(root).read()
@@ -61,6 +62,7 @@ def load_run(root: str | Path, role: str) -> Run:
     if not loaded.records and not impossible:
         raise ConfigError(f"--{role}: no cell records in {root / 'cells'}; expected a sweep "
                           "folder such as results/smoke")
+    check_names(loaded, root, f"gate --{role}")
     return Run(root, loaded.records, impossible)
 
 

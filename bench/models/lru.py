@@ -204,5 +204,6 @@ FAMILIES = [
         "parallel scan; pre-LN residual blocks with GLU",
         LRUHP,
         build_lru,
+        order=60, colour="#ca9161", marker="h",
     )
 ]
