@@ -42,38 +42,40 @@ def _pick(options: tuple[str, ...], name: str, avoid: str | None = None) -> str:
     return choices[zlib.crc32(name.encode()) % len(choices)]
 
 
-def _check(what: str, data: dict, keys: tuple[str, ...]) -> dict:
+def _check(where: str, data: dict, keys: tuple[str, ...]) -> dict:
     if not isinstance(data, dict) or set(data) != set(keys):
-        raise DisplayError(f"{what}: expected exactly the keys {', '.join(keys)}, got "
-                           f"{sorted(data) if isinstance(data, dict) else data!r}")
+        raise DisplayError(f"{where.rstrip('.: ')}: expected exactly the keys {', '.join(keys)}, "
+                           f"got {sorted(data) if isinstance(data, dict) else data!r}")
     label, order = data["label"], data["order"]
     if not isinstance(label, str) or not LABEL.fullmatch(label):
-        raise DisplayError(f"{what}.label: {label!r} is not a plain label (letters, digits, "
+        raise DisplayError(f"{where}label: {label!r} is not a plain label (letters, digits, "
                            "space, '.', '_', '+', '-'; at most 64)")
     if type(order) is not int:
-        raise DisplayError(f"{what}.order: expected an integer, got {order!r}")
+        raise DisplayError(f"{where}order: expected an integer, got {order!r}")
     return data
 
 
-def check_model(data: Any, what: str = "model_display") -> dict:
-    """data if it is a valid family display mapping; DisplayError naming the field otherwise."""
-    _check(what, data, MODEL_KEYS)
+def check_model(data: Any, where: str = "model_display.") -> dict:
+    """data if it is a valid family display mapping; DisplayError naming the field (after the
+    prefix `where`) otherwise."""
+    _check(where, data, MODEL_KEYS)
     if not isinstance(data["colour"], str) or not COLOUR.fullmatch(data["colour"]):
-        raise DisplayError(f"{what}.colour: {data['colour']!r} is not a colour '#rrggbb'")
+        raise DisplayError(f"{where}colour: {data['colour']!r} is not a colour '#rrggbb'")
     if data["marker"] not in MARKERS:
-        raise DisplayError(f"{what}.marker: {data['marker']!r} is not one of {' '.join(MARKERS)}")
+        raise DisplayError(f"{where}marker: {data['marker']!r} is not one of {' '.join(MARKERS)}")
     return data
 
 
-def check_task(data: Any, what: str = "task_display") -> dict:
-    """data if it is a valid task display mapping; DisplayError naming the field otherwise."""
-    _check(what, data, TASK_KEYS)
+def check_task(data: Any, where: str = "task_display.") -> dict:
+    """data if it is a valid task display mapping; DisplayError naming the field (after the
+    prefix `where`) otherwise."""
+    _check(where, data, TASK_KEYS)
     if not isinstance(data["length_symbol"], str) or not SYMBOL.fullmatch(data["length_symbol"]):
-        raise DisplayError(f"{what}.length_symbol: {data['length_symbol']!r} is not a short "
+        raise DisplayError(f"{where}length_symbol: {data['length_symbol']!r} is not a short "
                            "symbol (a letter, then up to 7 letters, digits or '_')")
     meaning = data["length_meaning"]
     if not isinstance(meaning, str) or not 0 < len(meaning) <= 80 or "\n" in meaning:
-        raise DisplayError(f"{what}.length_meaning: expected one line of at most 80 "
+        raise DisplayError(f"{where}length_meaning: expected one line of at most 80 "
                            f"characters, got {meaning!r}")
     return data
 
@@ -84,7 +86,8 @@ def model(name: str, label: str = "", order: int | None = None, colour: str = ""
     return check_model({"label": label or name,
                         "order": DEFAULT_ORDER if order is None else order,
                         "colour": colour or _pick(EXTRA_COLOURS, name),
-                        "marker": marker or _pick(EXTRA_MARKERS, name)}, f"model {name!r}")
+                        "marker": marker or _pick(EXTRA_MARKERS, name)},
+                       f"model family {name!r}: ")
 
 
 def task(name: str, label: str = "", order: int | None = None, length_symbol: str = "L",
@@ -93,7 +96,7 @@ def task(name: str, label: str = "", order: int | None = None, length_symbol: st
     return check_task({"label": label or name,
                        "order": DEFAULT_ORDER if order is None else order,
                        "length_symbol": length_symbol, "length_meaning": length_meaning},
-                      f"task {name!r}")
+                      f"task {name!r}: ")
 
 
 def variant(name: str, family: dict) -> dict:

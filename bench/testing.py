@@ -12,11 +12,17 @@ every built-in family; a plug-in's tests call check_family(MY_FAMILY, ...) befor
 * streaming: init_state/step reproduce forward to 1e-5, step never modifies the state it is
   given, and the state holds the bytes the family promises at every position (state_size);
 * strict hyper-parameters: unknown keys and wrongly typed values raise ConfigError naming them.
+
+And the contract of a task (check_task, run on every built-in by tests/test_tasks.py): batches of
+the declared shapes, dtypes and ranges; the same generator seed gives the same batch; outputs
+that predict every target score 1 with a near-zero loss; a constant guess scores task.chance
+(Monte-Carlo, within 5 standard errors); lengths below min_length are refused naming the field.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import typing
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -35,7 +41,7 @@ from seqbench.models import (
 )
 from seqbench.models.base import SequenceModel, state_bytes
 from seqbench.strict import ConfigError
-from seqbench.tasks import TASKS, IOSpec
+from seqbench.tasks import TASKS, Batch, IOSpec, Task
 
 TOKENS = TASKS["copy"].io  # 10 tokens in, 10 classes out
 FEATURES = TASKS["adding"].io  # 2 real features in, 1 value out
@@ -239,3 +245,117 @@ def check_family(family: Family | str, *, hparams: Iterable[Mapping[str, Any]] =
                 if state_size is not None:
                     check_state_size(model, io, state_size)
         check_sees_first_input(build(family, FEATURES, 10, budget=20_000, hp=hp), FEATURES)
+
+
+# Checks on a task -------------------------------------------------------------------------------
+
+
+def sample(task: Task, length: int, batch_size: int, seed: int = 0, device: str = "cpu") -> Batch:
+    g = torch.Generator(device=device).manual_seed(seed)
+    return task.sample(length, batch_size, g, device)
+
+
+def perfect_outputs(task: Task, batch: Batch) -> torch.Tensor:
+    """Model outputs (B, L, output_size) that predict every target exactly."""
+    b, length = batch.inputs.shape[:2]
+    out = torch.zeros(b, length, task.io.output_size, device=batch.inputs.device)
+    if task.target == "regression":
+        out[:, -1, 0] = batch.targets
+    elif task.readout == "final":
+        out[:, -1] = 1e4 * torch.nn.functional.one_hot(batch.targets, task.io.output_size)
+    else:
+        out[:] = 1e4 * torch.nn.functional.one_hot(batch.targets, task.io.output_size)
+    return out
+
+
+def constant_outputs(task: Task, batch: Batch, guess: float = 1) -> torch.Tensor:
+    """Input-independent predictions: class `guess` everywhere, or the value `guess`."""
+    b, length = batch.inputs.shape[:2]
+    out = torch.zeros(b, length, task.io.output_size)
+    if task.target == "regression":
+        out[..., 0] = guess
+    else:
+        out[..., int(guess)] = 1.0
+    return out
+
+
+def lengths_for(task: Task) -> list[int]:
+    """Short and longer lengths the task accepts (dyck takes even lengths only)."""
+    candidates = [task.min_length, task.min_length + 1, task.min_length + 2, 9, 10, 32]
+    return [n for n in dict.fromkeys(candidates) if task.accepts(n)]
+
+
+def check_batches(task: Task, lengths: Iterable[int] | None = None) -> None:
+    """Batches have the shapes, dtypes, ranges and device that io, readout and target declare."""
+    for length in lengths or lengths_for(task):
+        b, seq = 5, task.seq_len(length)
+        batch = sample(task, length, b)
+        if task.io.input_kind == "tokens":
+            assert batch.inputs.shape == (b, seq) and batch.inputs.dtype == torch.int64
+            assert 0 <= batch.inputs.min() and batch.inputs.max() < task.io.input_size
+        else:
+            assert batch.inputs.shape == (b, seq, task.io.input_size)
+            assert batch.inputs.dtype == torch.float32
+        if task.readout == "per_step":
+            assert batch.targets.shape == (b, seq)
+            assert batch.mask.shape == (b, seq) and batch.mask.dtype == torch.bool
+        else:
+            assert batch.targets.shape == (b,) and batch.mask is None
+        if task.target == "regression":
+            assert batch.targets.dtype == torch.float32
+        else:
+            assert batch.targets.dtype == torch.int64
+            assert 0 <= batch.targets.min() and batch.targets.max() < task.io.output_size
+        tensors = [batch.inputs, batch.targets] + ([batch.mask] if batch.mask is not None else [])
+        assert all(t.device.type == "cpu" for t in tensors)
+
+
+def check_seeding(task: Task, length: int) -> None:
+    """The same generator seed gives the same batch, another seed another."""
+    a, b, c = (sample(task, length, 16, seed=s) for s in (3, 3, 4))
+    assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
+    if a.mask is not None:
+        assert torch.equal(a.mask, b.mask)
+    assert not torch.equal(a.inputs, c.inputs), "another seed gave the same inputs"
+
+
+def check_perfect_scores_one(task: Task, lengths: Iterable[int] | None = None) -> None:
+    for length in lengths or lengths_for(task):
+        batch = sample(task, length, 64)
+        out = perfect_outputs(task, batch)
+        score = task.score(out, batch)
+        assert score.shape == (64,) and torch.all(score == 1.0)
+        assert task.loss(out, batch).item() < 1e-4
+
+
+def check_chance(task: Task, length: int, guess: float = 1, n: int = 40_000) -> None:
+    """Monte-Carlo: the constant guess `guess` (the best input-independent one) scores
+    task.chance(length) within 5 standard errors."""
+    batch = sample(task, length, n, seed=11)
+    scores = task.score(constant_outputs(task, batch, guess), batch)
+    assert scores.shape == (n,) and scores.min() >= 0 and scores.max() <= 1
+    p = task.chance(length)
+    se = math.sqrt(p * (1 - p) / n)
+    assert abs(scores.mean().item() - p) <= 5 * se, f"{scores.mean().item()} vs chance {p}"
+
+
+def check_lengths_refused(task: Task) -> None:
+    """Lengths below min_length (and non-integers) raise ConfigError naming the field."""
+    task.check_length(task.min_length)
+    for bad in (task.min_length - 1, 0, -1, float(task.min_length + 1)):
+        try:
+            task.check_length(bad, field="lengths.x[0]")
+        except ConfigError as exc:
+            assert str(exc).startswith("lengths.x[0]: "), str(exc)
+        else:
+            raise AssertionError(f"length {bad!r} was accepted")
+
+
+def check_task(task: Task, *, guess: float = 1) -> None:
+    """Every task check above (guess: the best constant guess, whose score is the chance)."""
+    check_batches(task)
+    check_seeding(task, max(lengths_for(task)))
+    check_perfect_scores_one(task)
+    check_chance(task, lengths_for(task)[min(2, len(lengths_for(task)) - 1)], guess)
+    check_lengths_refused(task)
+    task.display()

@@ -12,7 +12,8 @@ import torch
 
 from seqbench.cell.config import CellConfig, display_of
 from seqbench.cell.record import CellRecord
-from seqbench.tasks import TASKS, Batch, Task, get_task
+from seqbench.tasks import TASKS, Task, get_task
+from seqbench.testing import perfect_outputs, sample  # noqa: F401 - shared with the task tests
 
 torch.set_num_threads(1)
 
@@ -29,24 +30,6 @@ def make_cell(task: str = "parity", model: str = "rnn", length: int = 2, *, seed
         "task": task, "model": model, "length": length, "seed": seed, "params": params,
         "device": device, "train": TINY_TRAIN | train, "hparams": hparams or {},
     })
-
-
-def sample(task: Task, length: int, batch_size: int, seed: int = 0, device: str = "cpu") -> Batch:
-    g = torch.Generator(device=device).manual_seed(seed)
-    return task.sample(length, batch_size, g, device)
-
-
-def perfect_outputs(task: Task, batch: Batch) -> torch.Tensor:
-    """Model outputs (B, L, output_size) that predict every target exactly."""
-    b, length = batch.inputs.shape[:2]
-    out = torch.zeros(b, length, task.io.output_size, device=batch.inputs.device)
-    if task.target == "regression":
-        out[:, -1, 0] = batch.targets
-    elif task.readout == "final":
-        out[:, -1] = 1e4 * torch.nn.functional.one_hot(batch.targets, task.io.output_size)
-    else:
-        out[:] = 1e4 * torch.nn.functional.one_hot(batch.targets, task.io.output_size)
-    return out
 
 
 def fake_record(task: str, model: str, length: int, score: float | None, *, seed: int = 0,
