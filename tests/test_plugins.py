@@ -97,6 +97,8 @@ def test_sweep_in_spawn_workers_then_report_plot_gate_with_and_without_the_plugi
     summary = (store.root / "summary.md").read_text()
     assert "| minGRU |" in summary and "## majority" in summary
     assert "L: number of bits" in summary
+    assert f"model mingru ({DIST} 0.1.0); task majority ({DIST} 0.1.0)" in (
+        store.root / "report.html").read_text()
     assert (store.root / "plots" / "accuracy_majority.png").is_file()
     assert "0 regressed" in " ".join((store.root / "gate.md").read_text().split())
 

@@ -123,12 +123,7 @@ class Store:
 
     def write_tables(self, loaded: Loaded, env: dict) -> None:
         """Write results.csv, generalisation.csv and measurements.csv (where there are any) and
-        env.json from the stored records; env.json's `plugins` lists every plug-in the records
-        name (seqbench.registry.provenance, as each record stores it in its env)."""
-        env = {k: v for k, v in env.items() if k != "plugins"}
-        used = plugins_of(loaded)
-        if used:
-            env["plugins"] = used
+        env.json (env; see with_plugins) from the stored records."""
         for name, frame in (("results.csv", cell_frame(loaded.records.values())),
                             ("generalisation.csv", generalisation_frame(loaded.records.values())),
                             ("measurements.csv", measurement_frame(loaded.measurements.values()))):
@@ -145,6 +140,13 @@ def plugins_of(loaded: Loaded) -> list[dict]:
             if isinstance(entry, dict):
                 found.setdefault((entry.get("kind"), entry.get("name")), entry)
     return [found[k] for k in sorted(found, key=str)]
+
+
+def with_plugins(env: dict, loaded: Loaded) -> dict:
+    """env with `plugins` listing every plug-in the stored records name (as each record's env
+    has it: seqbench.registry.provenance), whatever env held before."""
+    used = plugins_of(loaded)
+    return {k: v for k, v in env.items() if k != "plugins"} | ({"plugins": used} if used else {})
 
 
 def used_names(loaded: Loaded) -> set[tuple[str, str]]:
