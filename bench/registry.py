@@ -74,7 +74,7 @@ def entry_points(kind: str) -> dict[str, list[importlib.metadata.EntryPoint]]:
     out: dict[str, list] = {}
     for ep in importlib.metadata.entry_points(group=GROUPS[kind]):
         if not any(ep.value == e.value and _dist(e) == _dist(ep) for e in out.get(ep.name, [])):
-            out.setdefault(ep.name, []).append(ep)  # the same dist seen twice on sys.path counts once
+            out.setdefault(ep.name, []).append(ep)  # a dist seen twice on sys.path counts once
     return out
 
 
@@ -91,8 +91,8 @@ def _dist(ep) -> str | None:
 
 def _unknown(kind: str, field: str, name: str) -> ConfigError:
     return ConfigError(
-        f"{field}: unknown value {name!r}; allowed: {', '.join(sorted(names(kind)))}; or a {kind} of your "
-        f"own as an import path module:attribute (a {WHAT[kind]}) or an entry point in the "
+        f"{field}: unknown value {name!r}; allowed: {', '.join(sorted(names(kind)))}; or a "
+        f"{kind} of your own as an import path module:attribute (a {WHAT[kind]}) or an entry point in the "
         f"group {GROUPS[kind]}")
 
 
@@ -212,7 +212,8 @@ def _install_hint(hints: Iterable[dict]) -> str:
     for hint in hints:
         if hint.get("distribution"):
             pin = f"=={hint['version']}" if hint.get("version") else ""
-            return f"install {hint['distribution']}{pin} (pip install '{hint['distribution']}{pin}')"
+            wanted = f"{hint['distribution']}{pin}"
+            return f"install {wanted} (pip install '{wanted}')"
     return "install the distribution that provides it"
 
 

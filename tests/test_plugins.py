@@ -115,7 +115,8 @@ def test_sweep_in_spawn_workers_then_report_plot_gate_with_and_without_the_plugi
 def test_family_and_task_by_import_path(on_path, tmp_path):
     """A cell naming its family and task by import path: trained in this process, stored under
     a portable file name, and reported only where the module is installed."""
-    model, task = "seqbench_example_plugin.mingru:MINGRU", "seqbench_example_plugin.majority:Majority"
+    model = "seqbench_example_plugin.mingru:MINGRU"
+    task = "seqbench_example_plugin.majority:Majority"
     cfg = CellConfig.from_dict({"task": task, "model": model, "length": 3, "params": 2000,
                                 "train": {"steps": 4, "batch_size": 8, "eval_every": 2,
                                           "eval_samples": 16}})
@@ -190,5 +191,5 @@ def test_bumping_a_family_version_reruns_its_cells_and_the_gate_reports_it(
             path.unlink()
     assert main(["gate", "--baseline", str(baseline), "--current", str(current.root)]) == 2
     err = capsys.readouterr().err
-    assert f"incomparable definitions: model {bumped!r} has model_version 1 in the baseline and 2 " \
-           "in the current run" in err
+    assert (f"incomparable definitions: model {bumped!r} has model_version 1 in the baseline "
+            "and 2 in the current run") in err

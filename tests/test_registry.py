@@ -97,7 +97,8 @@ def test_a_sweep_names_families_by_import_path_and_checks_their_hparams(plugin_m
 
 
 def test_two_entries_shown_under_one_name_are_refused(plugin_module):
-    text = 'name = "x"\ntasks = ["parity"]\nmodels = ["my_blocks:A", "my_blocks:B"]\nlengths = [2]\n'
+    text = ('name = "x"\ntasks = ["parity"]\nmodels = ["my_blocks:A", "my_blocks:B"]\n'
+            "lengths = [2]\n")
     with pytest.raises(ConfigError, match=r"^models\[1\]: my_blocks:B is shown as 'same' in "
                                           r"tables, as is my_blocks:A; give one of them"):
         load_spec(text, "test")
@@ -124,9 +125,11 @@ def test_missing_does_not_import(tmp_path, monkeypatch):
     (package / "blocks.py").write_text("raise RuntimeError('imported')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert registry.missing("model", "loud_pkg.blocks:X") is None
-    assert registry.missing("model", "loud_pkg.other:X") == "module 'loud_pkg.other' is not installed"
+    assert registry.missing("model", "loud_pkg.other:X") == (
+        "module 'loud_pkg.other' is not installed")
     assert registry.missing("task", "loud_pkg:X") is None
-    assert "and no installed entry point in the group seqbench.tasks" in registry.missing("task", "x")
+    assert "and no installed entry point in the group seqbench.tasks" in registry.missing(
+        "task", "x")
 
 
 def test_display_defaults_and_checks():
@@ -158,7 +161,8 @@ def test_a_record_with_bad_display_is_not_trusted(tmp_path, capsys):
     data["model_display"]["colour"] = "javascript:"
     path.write_text(json.dumps(data))
     assert main(["report", str(store.root)]) == 2
-    assert "model_display.colour: 'javascript:' is not a colour '#rrggbb'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "model_display.colour: 'javascript:' is not a colour '#rrggbb'" in err
 
 
 def test_family_checks_its_declaration():

@@ -8,9 +8,10 @@ TOML file), when it was solved and no longer is, when its status changes to dive
 or when its stored score is impossible (not a number in [0, 1]). A baseline cell missing from the
 current run is a regression; a new cell is reported, never a failure. Unusable input exits 2 with a
 message naming the problem: a folder without cell records, a file that is not a trustworthy record
-(named with its path and reason), no cell in common, or the same (task, model, length, seed) stored
-under different task or model definition versions (the definition changed: the two runs are
-incomparable, and the baseline has to be regenerated). On CPU the same seed and thread count give
+(named with its path and reason), a record whose plug-in family or task is not installed here
+(named, with the distribution to install), no cell in common, or the same (task, model, length,
+seed) stored under different task or model definition versions (the definition changed: the two
+runs are incomparable, and the baseline has to be regenerated). On CPU the same seed and thread count give
 identical scores, so the seeded smoke sweep is gated exactly (results/baseline/ holds its records).
 """
 from __future__ import annotations

@@ -121,7 +121,8 @@ def run_sweep(
         if ((record.hpset, record.variant) != label
                 or (record.model_display, record.task_display) != tuple(shown.values())):
             record.hpset, record.variant = label
-            record.model_display, record.task_display = shown["model_display"], shown["task_display"]
+            record.model_display = shown["model_display"]
+            record.task_display = shown["task_display"]
             store.save(record)
     todo = [c for c in spec.cells() if c.key() not in done]
     statuses: Counter = Counter()
