@@ -1,5 +1,7 @@
 """Comparison tables from stored records only (never re-runs training or measurement). Torch-free:
-everything a table says about a task (chance, solve threshold, score name) comes from its records.
+everything a table says about a task (chance, solve threshold, score name, the symbol and meaning
+of its length, its order) or a model (its shown name and order) comes from its records
+(seqbench.display).
 
 Accuracy, per task: models as rows, lengths as columns, mean headline score over seeds with its
 standard deviation and the best seed ("0.950 ± 0.030 (max 0.980)"), the best mean per column
@@ -173,7 +175,7 @@ def task_tables(df: pd.DataFrame, gdf: pd.DataFrame | None = None) -> list[Pivot
     df = headline(_with_sets(df))
     tables = []
     solved: dict[tuple[str, str], int | None] = {}
-    tested: dict[str, list[int]] = {}
+    tested: dict[str, tuple[str, list[int]]] = {}
     for title, tdf in studies(df):
         task_name = tdf["task"].iloc[0]
         score_name, threshold, chance = task_facts(tdf)
