@@ -59,18 +59,25 @@ def configure_list(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_list(args) -> int:
+    """Built-in tasks and families, then the plug-ins installed as entry points (loaded, so a
+    broken one is named here rather than in the middle of a sweep)."""
     from rich.console import Console
+    from rich.markup import escape
 
-    from seqbench.models import FAMILIES
-    from seqbench.tasks import TASKS
+    from seqbench import registry
+    from seqbench.models import get_family
+    from seqbench.tasks import get_task
 
     console = Console()
-    console.print("[bold]tasks[/]")
-    for name, cls in TASKS.items():
-        console.print(f"  {name:15} {cls.summary}")
-    console.print("[bold]models[/]")
-    for name, family in FAMILIES.items():
-        console.print(f"  {name:15} {family.summary}")
+    for kind, title, get in (("task", "tasks", get_task), ("model", "models", get_family)):
+        console.print(f"[bold]{title}[/]")
+        for name in registry.names(kind):
+            source = registry.provenance(kind, name)
+            where = "" if source is None else (
+                f" [plug-in: {source['distribution'] or '?'} {source['version'] or ''}]")
+            console.print(f"  {name:15} {escape(get(name).summary + where)}")
+    console.print("(a family or task of your own: an import path module:attribute, or an entry "
+                  "point in the group seqbench.models / seqbench.tasks)")
     return 0
 
 

@@ -21,6 +21,9 @@ from seqbench.tasks.base import Batch, IOSpec, Task
 
 class Adding(Task):
     name = "adding"
+    order = 20
+    length_symbol = "L"
+    length_meaning = "sequence length"
     summary = "adding problem: sum the two marked values, one per half (Arjovsky et al. 2016)"
     io = IOSpec("features", input_size=2, output_size=1)
     readout = "final"

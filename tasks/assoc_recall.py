@@ -42,6 +42,9 @@ N_VALUES = 64
 
 class AssocRecall(Task):
     name = "assoc_recall"
+    order = 80
+    length_symbol = "D"
+    length_meaning = "number of key-value pairs"
     summary = "multi-query associative recall: D key-value pairs, then every key queried (Zoology)"
     io = IOSpec("tokens", input_size=N_KEYS + N_VALUES, output_size=N_VALUES)
     readout = "per_step"

@@ -12,6 +12,7 @@ from typing import ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
+from seqbench import display
 from seqbench.strict import ConfigError, require
 
 
@@ -61,6 +62,19 @@ class Task:
     # May a model read the whole input before answering (bidirectional recurrent models)? Only
     # where the answer is one label for the whole string; never where outputs are due step by step.
     bidirectional_ok: ClassVar[bool] = False
+    # Display (seqbench.display; stored in every record): the label tables show (default: name),
+    # the order of tasks in tables (built-ins 0..999; the default puts a plug-in after them), and
+    # the symbol and meaning of the length a config gives (axis labels, column headers).
+    label: ClassVar[str] = ""
+    order: ClassVar[int | None] = None
+    length_symbol: ClassVar[str] = "L"
+    length_meaning: ClassVar[str] = "sequence length"
+
+    @classmethod
+    def display(cls) -> dict:
+        """label, order, length_symbol and length_meaning, defaults filled in."""
+        return display.task(cls.name, cls.label, cls.order, cls.length_symbol,
+                            cls.length_meaning)
 
     def seq_len(self, length: int) -> int:
         """Number of time steps fed to the model for the task's nominal length."""

@@ -22,6 +22,9 @@ DELIMITER = 9
 
 class CopyMemory(Task):
     name = "copy"
+    order = 10
+    length_symbol = "T"
+    length_meaning = "delay"
     summary = "copy memory: recall 10 symbols after T blanks (Bai et al. 2018)"
     io = IOSpec("tokens", input_size=10, output_size=10)
     readout = "per_step"

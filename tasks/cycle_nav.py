@@ -39,6 +39,9 @@ PHI_2 = (1 - math.sqrt(5)) / 6
 
 class CycleNav(Task):
     name = "cycle_nav"
+    order = 110
+    length_symbol = "L"
+    length_meaning = "sequence length"
     summary = "cycle navigation: final state of a walk on a 5-cycle (Deletang et al. 2022)"
     io = IOSpec("tokens", input_size=3, output_size=CYCLE)
     readout = "final"

@@ -28,6 +28,9 @@ N_SYMBOLS = 8
 
 class Delay(Task):
     name = "delay"
+    order = 50
+    length_symbol = "k"
+    length_meaning = "lag"
     summary = "delay line: output the input delayed by k steps, scored on k steps (S4 lag task)"
     io = IOSpec("tokens", input_size=N_SYMBOLS, output_size=N_SYMBOLS)
     readout = "per_step"

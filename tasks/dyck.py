@@ -208,6 +208,9 @@ def table(length: int, device: str) -> tuple[torch.Tensor, torch.Tensor, int]:
 
 class Dyck(Task):
     name = "dyck"
+    order = 130
+    length_symbol = "L"
+    length_meaning = "sequence length"
     summary = "Dyck-2 recognition: is a string of ( ) [ ] balanced? (negatives differ only far apart)"
     version = 2
     io = IOSpec("tokens", input_size=4, output_size=2)

@@ -21,6 +21,9 @@ from seqbench.tasks.base import Batch, IOSpec, Task
 
 class EvenPairs(Task):
     name = "even_pairs"
+    order = 100
+    length_symbol = "L"
+    length_meaning = "sequence length"
     summary = "even pairs: parity of the number of ab/ba substrings (Deletang et al. 2022)"
     io = IOSpec("tokens", input_size=2, output_size=2)
     readout = "final"

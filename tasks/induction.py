@@ -30,6 +30,9 @@ TRIGGER = VOCAB - 1
 
 class Induction(Task):
     name = "induction"
+    order = 90
+    length_symbol = "L"
+    length_meaning = "sequence length"
     summary = "induction head: after the second trigger, recall the token that followed the first"
     io = IOSpec("tokens", input_size=VOCAB, output_size=VOCAB)
     readout = "final"

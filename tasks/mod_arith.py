@@ -113,6 +113,9 @@ def evaluate(numbers: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
 
 class ModArith(Task):
     name = "mod_arith"
+    order = 120
+    length_symbol = "n"
+    length_meaning = "number of operators"
     summary = "modular arithmetic: value mod 5 of an expression over + - * (Deletang et al. 2022)"
     io = IOSpec("tokens", input_size=MODULUS + 3, output_size=MODULUS)
     readout = "final"

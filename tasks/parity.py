@@ -13,6 +13,9 @@ from seqbench.tasks.base import Batch, IOSpec, Task
 
 class Parity(Task):
     name = "parity"
+    order = 30
+    length_symbol = "L"
+    length_meaning = "sequence length"
     summary = "parity check: number of ones mod 2, read at the end (Deletang et al. 2022)"
     io = IOSpec("tokens", input_size=2, output_size=2)
     readout = "final"

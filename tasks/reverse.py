@@ -25,6 +25,9 @@ OUTPUT_EMPTY = 2
 
 class Reverse(Task):
     name = "reverse"
+    order = 60
+    length_symbol = "n"
+    length_meaning = "string length"
     summary = "reverse string: output the binary string reversed (Deletang et al. 2022)"
     io = IOSpec("tokens", input_size=3, output_size=2)
     readout = "per_step"

@@ -37,6 +37,9 @@ MARKER = 15
 
 class SelectiveCopy(Task):
     name = "selective_copy"
+    order = 40
+    length_symbol = "L"
+    length_meaning = "noise steps"
     summary = "selective copying: recall 16 tokens scattered among L noise tokens (Gu & Dao 2023)"
     io = IOSpec("tokens", input_size=16, output_size=16)
     readout = "per_step"

@@ -35,6 +35,9 @@ def windows(length: int) -> tuple[tuple[int, int], tuple[int, int]]:
 
 class TemporalOrder(Task):
     name = "temporal_order"
+    order = 70
+    length_symbol = "L"
+    length_meaning = "sequence length"
     summary = "temporal order: classify the order of X/Y at two distant steps (LSTM paper, 6a)"
     io = IOSpec("tokens", input_size=8, output_size=4)
     readout = "final"

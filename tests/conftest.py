@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 import torch
 
-from seqbench.cell.config import CellConfig
+from seqbench.cell.config import CellConfig, display_of
 from seqbench.cell.record import CellRecord
-from seqbench.tasks import TASKS, Batch, Task, get_task
+from seqbench.tasks import TASKS, Task, get_task
+from seqbench.testing import perfect_outputs, sample  # noqa: F401 - shared with the task tests
 
 torch.set_num_threads(1)
 
@@ -31,24 +32,6 @@ def make_cell(task: str = "parity", model: str = "rnn", length: int = 2, *, seed
     })
 
 
-def sample(task: Task, length: int, batch_size: int, seed: int = 0, device: str = "cpu") -> Batch:
-    g = torch.Generator(device=device).manual_seed(seed)
-    return task.sample(length, batch_size, g, device)
-
-
-def perfect_outputs(task: Task, batch: Batch) -> torch.Tensor:
-    """Model outputs (B, L, output_size) that predict every target exactly."""
-    b, length = batch.inputs.shape[:2]
-    out = torch.zeros(b, length, task.io.output_size, device=batch.inputs.device)
-    if task.target == "regression":
-        out[:, -1, 0] = batch.targets
-    elif task.readout == "final":
-        out[:, -1] = 1e4 * torch.nn.functional.one_hot(batch.targets, task.io.output_size)
-    else:
-        out[:] = 1e4 * torch.nn.functional.one_hot(batch.targets, task.io.output_size)
-    return out
-
-
 def fake_record(task: str, model: str, length: int, score: float | None, *, seed: int = 0,
                 status: str = "budget") -> CellRecord:
     """A stored-looking record with a chosen score, for report and store tests (no training)."""
@@ -62,6 +45,7 @@ def fake_record(task: str, model: str, length: int, score: float | None, *, seed
         seq_len=t.seq_len(length), params_actual=TINY_PARAMS, steps=cfg.train.steps,
         score=score, score_name=t.score_name, chance=t.chance(length),
         solve_threshold=t.solve_threshold, solved=status == "solved", env={"device": "cpu"},
+        **display_of(model, task),
     )
 
 

@@ -124,7 +124,7 @@ SWEEP_ERRORS = {
                               ["colour: unknown key",
                                "allowed: device, generalise, hparams, hpsets, lengths, measure, models, name"]),
     "unknown train key": (VALID_SWEEP + "epochs = 3\n",
-                          ["train.epochs: unknown key", "allowed: batch_size, clip, eval_every"]),
+                          ["train.epochs: unknown key", "allowed: batch_size, clip, compile, eval_every"]),
     "wrong type": (VALID_SWEEP.replace("steps = 2", 'steps = "ten"'),
                    ["train.steps: expected int, got str 'ten'"]),
     "empty tasks": (VALID_SWEEP.replace('tasks = ["parity"]', "tasks = []"),

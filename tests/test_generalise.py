@@ -23,6 +23,7 @@ import seqbench.results.plots
 import seqbench.sweeps.executors
 from seqbench.cell.config import PROTOCOL, CellConfig, Generalise
 from seqbench.cell.record import CellRecord
+from seqbench.cell.step import TrainStep
 from seqbench.cell.train import held_out, run_cell
 from seqbench.models import FAMILIES
 from seqbench.results.plots import generalisation_curve, plot_folder
@@ -209,29 +210,43 @@ def spy_samples(monkeypatch) -> list[tuple[int, int]]:
     return calls
 
 
+def spy_steps(monkeypatch) -> list[int]:
+    """The length of every training batch a TrainStep takes."""
+    lengths = []
+    original = TrainStep.batch
+
+    def batch(self, length):
+        lengths.append(length)
+        return original(self, length)
+
+    monkeypatch.setattr(TrainStep, "batch", batch)
+    return lengths
+
+
 def test_training_lengths_are_drawn_from_the_range(monkeypatch):
-    calls = spy_samples(monkeypatch)
+    calls, train = spy_samples(monkeypatch), spy_steps(monkeypatch)
     cfg = lg_cell(length=4, lengths=(6, 8), samples=32, steps=12, eval_every=6, batch_size=8,
                   eval_samples=16, seed=1)
     record = run_cell(cfg)
     assert record.status in ("solved", "budget"), record.error
-    train = [n for n, b in calls if b == 8]
     assert len(train) == 12
     assert set(train) <= {1, 2, 3, 4} and len(set(train)) >= 3
     draws = torch.Generator().manual_seed(2 * cfg.seed)
     assert train == [[1, 2, 3, 4][int(torch.randint(4, (), generator=draws))] for _ in range(12)]
     # held-out sets: validation and test at N, then each test length's validation and test sets
     # with `samples` sequences each
-    assert [(n, b) for n, b in calls if b != 8] == [(4, 16), (4, 16), (6, 32), (6, 32), (8, 32),
-                                                     (8, 32)]
+    assert [(n, b) for n, b in calls if b in (16, 32)] == [(4, 16), (4, 16), (6, 32), (6, 32),
+                                                           (8, 32), (8, 32)]
+    # training batches come in blocks of 16 steps of one length (seqbench.cell.step.draw)
+    assert all(b == 8 * 16 for n, b in calls if b not in (16, 32))
 
 
 def test_fixed_protocol_trains_at_n_only(monkeypatch):
-    calls = spy_samples(monkeypatch)
+    train = spy_steps(monkeypatch)
     record = run_cell(lg_cell(length=3, lengths=(5,), train="fixed", samples=8, steps=5,
                               batch_size=4, eval_every=5, eval_samples=16))
     assert record.status in ("solved", "budget"), record.error
-    assert [n for n, b in calls if b == 4] == [3] * 5
+    assert train == [3] * 5
 
 
 @pytest.mark.parametrize("threshold", [0.0, 1.01])
@@ -408,7 +423,7 @@ def test_row_and_ood_rows():
     assert (flat["generalise.lengths"], flat["generalise.train"], flat["generalise.samples"]) == (
         "6 8", "range", 32)
     assert flat["ood_score"] == 0.625 and flat["score"] == 1.0
-    assert "variant" not in flat and "ood_scores" not in flat
+    assert flat["variant"] == "tf-rope" and "ood_scores" not in flat
     assert ood_rows(record) == [
         {"key": record.key, "task": "parity", "model": "tf-rope", "hpset": "fast", "seed": 1,
          "train_length": 4, "status": "budget", "length": n, "score": s, "chance": 0.5}

@@ -14,6 +14,7 @@ from seqbench.results.store import Store
 ROOT = Path(__file__).resolve().parent.parent
 TORCH_FREE = [
     "seqbench.cli", "seqbench.strict", "seqbench.options", "seqbench.fileio", "seqbench.env",
+    "seqbench.registry", "seqbench.display",
     "seqbench.cell.record", "seqbench.measure.record", "seqbench.results.store",
     "seqbench.results.tables", "seqbench.results.report", "seqbench.results.plots",
     "seqbench.results.cli", "seqbench.gate.accuracy", "seqbench.gate.baseline",

@@ -4,36 +4,26 @@ that it learns. (The generic family tests in test_models.py and test_streaming.p
 from __future__ import annotations
 
 import math
-import warnings
 
 import pytest
 import torch
 from conftest import make_cell, sample
 
+from seqbench import testing
 from seqbench.cell.gradflow import step_gradient_norms
 from seqbench.cell.train import run_cell
-from seqbench.models import BudgetWarning, build_model, parse_hparams, state_bytes
+from seqbench.models import parse_hparams, state_bytes
 from seqbench.models.base import SequenceModel
 from seqbench.models.lru import LRU, LRUHP, scan
 from seqbench.strict import ConfigError
-from seqbench.tasks import TASKS, IOSpec, get_task
+from seqbench.tasks import IOSpec, get_task
+from seqbench.testing import FEATURES, TOKENS, random_inputs
 
-TOKENS = TASKS["copy"].io
-FEATURES = TASKS["adding"].io
 LENGTHS = [1, 2, 7, 100, 257]  # 1, a non-power of two on either side of 256, ...
 
 
 def build(io: IOSpec = TOKENS, budget: int = 2000, max_len: int = 20, **hp) -> SequenceModel:
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", BudgetWarning)
-        return build_model("lru", io, budget, parse_hparams("lru", hp), max_len).eval()
-
-
-def random_inputs(io: IOSpec, batch: int, length: int) -> torch.Tensor:
-    if io.input_kind == "tokens":
-        return torch.randint(0, io.input_size, (batch, length))
-    return torch.rand(batch, length, io.input_size)
+    return testing.build("lru", io, max_len, budget, hp)
 
 
 def reference_lru(lru: LRU, u: torch.Tensor) -> torch.Tensor:

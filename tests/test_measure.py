@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
 import seqbench.measure.point as bm
+from seqbench.cell.config import display_of
 from seqbench.cell.step import TrainStep
 from seqbench.cli import main
 from seqbench.measure import memory, streaming, timing
@@ -433,7 +434,8 @@ def fake_measurement(model: str, length: int, status: str = "ok", **figures) -> 
     if status == "ok":
         figures = {"data_gen_fraction": 0.01, "efficiency": 0.1} | figures
     return MeasureRecord(p.key(), p.to_dict(), p.payload(), status=status, seq_len=length,
-                         flags={"threads": 1}, env={"device": "cpu"}, **figures)
+                         flags={"threads": 1}, env={"device": "cpu"},
+                         **display_of(p.model, p.task), **figures)
 
 
 def test_store_saves_and_loads_measurements(tmp_path):

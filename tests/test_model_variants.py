@@ -13,11 +13,10 @@ import torch
 from conftest import make_cell
 from torch import nn
 
+from seqbench import testing
 from seqbench.models import (
     BUDGET_TOLERANCE,
-    FAMILIES,
     BudgetWarning,
-    build_model,
     count_parameters,
     parse_hparams,
 )
@@ -26,17 +25,13 @@ from seqbench.models.recurrent import PeepholeLSTM
 from seqbench.models.transformer import alibi_bias, alibi_slopes, rope_angles, rotate
 from seqbench.strict import ConfigError
 from seqbench.tasks import TASKS, IOSpec
+from seqbench.testing import FEATURES, TOKENS
 
-TOKENS = TASKS["copy"].io
-FEATURES = TASKS["adding"].io
 RECURRENT = ["rnn", "lstm", "gru"]
 
 
 def build(model: str, io: IOSpec, max_len: int, budget: int = 2000, **hp) -> SequenceModel:
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", BudgetWarning)
-        return build_model(model, io, budget, parse_hparams(model, hp), max_len).eval()
+    return testing.build(model, io, max_len, budget, hp)
 
 
 def features(batch: int, length: int, size: int) -> torch.Tensor:
@@ -119,18 +114,10 @@ BUDGET_VARIANTS = [(m, {"bidirectional": True, "layers": k}) for m in RECURRENT 
                               for m, h in BUDGET_VARIANTS])
 def test_variant_parameter_budget(model, hp, budget):
     """The width search lands the variants on the budget: the closest whole width, within 10%."""
-    family, io, max_len = FAMILIES[model], TOKENS, 12
-    parsed = parse_hparams(model, hp)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", BudgetWarning)
-        net = build_model(model, io, budget, parsed, max_len)
-    n, width = count_parameters(net), net.info["width"]
+    testing.check_budget(model, TOKENS, budget, 12, hp)
+    net = build(model, TOKENS, 12, budget, **hp)
     directions = 2 if hp.get("bidirectional") else 1
-    assert net.head.in_features == directions * width
-    neighbours = [count_parameters(SequenceModel(io, family.build(io, w, parsed, max_len)))
-                  for w in (width - 1, width + 1)]
-    assert all(abs(n - budget) <= abs(m - budget) for m in neighbours)
-    assert abs(n - budget) <= BUDGET_TOLERANCE * budget
+    assert net.head.in_features == directions * net.info["width"]
 
 
 def test_bidirectional_only_on_tasks_that_allow_it():

@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 
+from seqbench import testing
 from seqbench.models import (
     BUDGET_TOLERANCE,
     FAMILIES,
@@ -19,9 +20,8 @@ from seqbench.models.base import SequenceModel
 from seqbench.models.tcn import receptive_field
 from seqbench.strict import ConfigError
 from seqbench.tasks import TASKS, IOSpec
+from seqbench.testing import FEATURES, TOKENS, random_inputs
 
-TOKENS = TASKS["copy"].io  # 10 tokens in, 10 classes out
-FEATURES = TASKS["adding"].io  # 2 real features in, 1 value out
 # Causal variants, covered by the generic causality test; bidirectional recurrent nets are not
 # causal by design and are tested in test_model_variants.py instead.
 FAMILY_VARIANTS = [(name, {}) for name in FAMILIES] + [
@@ -39,58 +39,30 @@ FAMILY_VARIANT_IDS = [name + "".join(f"-{k}={v}" for k, v in hp.items())
 
 
 def build(model: str, io: IOSpec, max_len: int, budget: int = 2000, **hp) -> SequenceModel:
-    torch.manual_seed(0)
-    return build_model(model, io, budget, parse_hparams(model, hp), max_len).eval()
+    return testing.build(model, io, max_len, budget, hp)
 
 
-def random_inputs(io: IOSpec, batch: int, length: int) -> torch.Tensor:
-    if io.input_kind == "tokens":
-        return torch.randint(0, io.input_size, (batch, length))
-    return torch.rand(batch, length, io.input_size)
-
-
-def perturb_after(io: IOSpec, x: torch.Tensor, t: int) -> torch.Tensor:
-    """x with every input at positions > t changed (tokens shifted, features re-drawn)."""
-    y = x.clone()
-    if io.input_kind == "tokens":
-        y[:, t + 1 :] = (y[:, t + 1 :] + 1) % io.input_size
-    else:
-        y[:, t + 1 :] = torch.rand_like(y[:, t + 1 :]) + 1.0
-    return y
+# The shared contract (seqbench.testing), on every built-in family --------------------------------
 
 
 @pytest.mark.parametrize("model", sorted(FAMILIES))
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_output_shape_for_every_task(model, task):
-    io, length = TASKS[task].io, 12
-    out = build(model, io, length)(random_inputs(io, 3, length))
-    assert out.shape == (3, length, io.output_size)
-    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    io = TASKS[task].io
+    testing.check_output_shape(build(model, io, 12), io)
 
 
 @pytest.mark.parametrize("io", [TOKENS, FEATURES], ids=["tokens", "features"])
 @pytest.mark.parametrize(("model", "hp"), FAMILY_VARIANTS, ids=FAMILY_VARIANT_IDS)
 def test_causal(model, hp, io):
-    length, t = 16, 6
-    net = build(model, io, length, **hp)
-    x = random_inputs(io, 4, length)
-    with torch.no_grad():
-        before, after = net(x), net(perturb_after(io, x, t))
-    torch.testing.assert_close(after[:, : t + 1], before[:, : t + 1], rtol=0, atol=1e-6)
-    assert (after[:, t + 1 :] - before[:, t + 1 :]).abs().max() > 1e-5
+    testing.check_causal(build(model, io, 16, **hp), io)
 
 
 @pytest.mark.parametrize("model", sorted(FAMILIES))
 def test_last_output_sees_first_input(model):
     """Every family's default build connects the first input to the last output (untrained
     recurrent nets forget geometrically, so the sequence is short)."""
-    length = 10
-    net = build(model, FEATURES, length, budget=20_000)
-    x = random_inputs(FEATURES, 8, length)
-    y = x.clone()
-    y[:, 0] += 1.0
-    with torch.no_grad():
-        assert (net(y)[:, -1] - net(x)[:, -1]).abs().max() > 1e-6
+    testing.check_sees_first_input(build(model, FEATURES, 10, budget=20_000), FEATURES)
 
 
 @pytest.mark.parametrize("budget", [2000, 20_000, 100_000])
@@ -98,27 +70,19 @@ def test_last_output_sees_first_input(model):
 @pytest.mark.parametrize("io", [TOKENS, FEATURES], ids=["tokens", "features"])
 @pytest.mark.parametrize("model", sorted(FAMILIES))
 def test_parameter_budget(model, io, max_len, budget):
-    family = FAMILIES[model]
-    hp = parse_hparams(model, {})
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        net = build_model(model, io, budget, hp, max_len)
-    n = count_parameters(net)
-    if family.fit is None:
-        # the width search picks the whole width whose count is closest to the budget
-        width = net.info["width"]
-        neighbours = [
-            count_parameters(SequenceModel(io, family.build(io, w, hp, max_len)))
-            for w in (width - 1, width + 1) if w >= 1
-        ]
-        assert all(abs(n - budget) <= abs(m - budget) for m in neighbours)
     # one width step of a TCN at 2k parameters is ~25% of the budget, so only the closest
-    # width (checked above) is promised there, and a miss beyond 10% is announced; everywhere
-    # else the count is within 10%
-    missed = [w for w in caught if issubclass(w.category, BudgetWarning)]
-    assert bool(missed) == (abs(n - budget) > BUDGET_TOLERANCE * budget)
+    # width is promised there (and a miss beyond 10% is announced); everywhere else the count is
+    # within 10%
     tolerance = 0.15 if (model == "tcn" and budget == 2000) else BUDGET_TOLERANCE
-    assert abs(n - budget) <= tolerance * budget, f"{model}: {n} parameters for budget {budget}"
+    testing.check_budget(model, io, budget, max_len, tolerance=tolerance)
+
+
+@pytest.mark.parametrize("model", sorted(FAMILIES))
+def test_hparams_are_strict(model):
+    testing.check_strict_hparams(model)
+
+
+# Family-specific settings -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("layers", [1, 2])
@@ -205,13 +169,6 @@ def test_transformer_learned_positions():
     with torch.no_grad():
         same = net(torch.zeros(1, length, dtype=torch.int64))
     assert (same[0, 0] - same[0, 1]).abs().max() > 1e-6
-
-
-@pytest.mark.parametrize("model", sorted(FAMILIES))
-def test_unknown_hparam_names_key_and_allowed(model):
-    allowed = ", ".join(sorted(f.name for f in dataclasses.fields(FAMILIES[model].hparams)))
-    with pytest.raises(ConfigError, match=rf"^hparams\.bogus: unknown key; allowed: {allowed}$"):
-        parse_hparams(model, {"bogus": 1})
 
 
 @pytest.mark.parametrize(

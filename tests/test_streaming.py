@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import copy
 import functools
-import warnings
 
 import pytest
 import torch
 
+from seqbench import testing
 from seqbench.measure.streaming import measure_streaming
-from seqbench.models import FAMILIES, BudgetWarning, build_model, parse_hparams, state_bytes
+from seqbench.models import FAMILIES, parse_hparams, state_bytes
 from seqbench.models.base import SequenceModel
-from seqbench.tasks import TASKS, IOSpec
+from seqbench.testing import IOS, TOKENS, random_inputs, stream
 
-TOKENS = TASKS["copy"].io
-FEATURES = TASKS["adding"].io
-IOS = {"tokens": TOKENS, "features": FEATURES}
 LENGTH = 20  # every model is built for this max_len
 VARIANTS = [(name, {}) for name in sorted(FAMILIES)] + [
     ("transformer", {"positions": "learned"}),
@@ -36,10 +33,7 @@ variants = pytest.mark.parametrize(("name", "hp"), VARIANTS, ids=VARIANT_IDS)
 
 @functools.cache
 def _build(name: str, hp: tuple, io: str) -> SequenceModel:
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", BudgetWarning)
-        return build_model(name, IOS[io], 2000, parse_hparams(name, dict(hp)), LENGTH).eval()
+    return testing.build(name, IOS[io], LENGTH, 2000, dict(hp))
 
 
 def build(name: str, hp: dict, io: str = "tokens") -> SequenceModel:
@@ -47,75 +41,21 @@ def build(name: str, hp: dict, io: str = "tokens") -> SequenceModel:
     return _build(name, tuple(sorted(hp.items())), io)
 
 
-def random_inputs(io: IOSpec, batch: int, length: int) -> torch.Tensor:
-    if io.input_kind == "tokens":
-        return torch.randint(0, io.input_size, (batch, length))
-    return torch.rand(batch, length, io.input_size)
-
-
-def stream(net: SequenceModel, x: torch.Tensor, state=None):
-    """Outputs (B, L, output_size) of stepping x (B, L, ...) one position at a time, and the
-    final state."""
-    state = net.init_state(x.shape[0]) if state is None else state
-    outputs = []
-    for t in range(x.shape[1]):
-        y, state = net.step(x[:, t], state)
-        outputs.append(y)
-    return torch.stack(outputs, 1), state
-
-
-def leaves(state) -> list[torch.Tensor]:
-    if isinstance(state, torch.Tensor):
-        return [state]
-    if isinstance(state, (tuple, list)):
-        return [leaf for s in state for leaf in leaves(s)]
-    return []
-
-
 @pytest.mark.parametrize("io", sorted(IOS))
 @variants
 def test_step_matches_forward(name, hp, io):
-    net = build(name, hp, io)
-    x = random_inputs(IOS[io], 3, LENGTH)
-    with torch.no_grad():
-        stepped, _ = stream(net, x)
-        full = net(x)
-    assert stepped.dtype == full.dtype == torch.float32
-    torch.testing.assert_close(stepped, full, rtol=0, atol=1e-5)
+    testing.check_streaming(build(name, hp, io), IOS[io], LENGTH)
 
 
 @variants
 def test_step_is_functional(name, hp):
-    """Stepping never modifies the state it is given, nor a state it returned earlier."""
-    net = build(name, hp)
-    x = random_inputs(TOKENS, 2, 6)
-    with torch.no_grad():
-        _, state = stream(net, x[:, :5])
-        before = copy.deepcopy(state)
-        y1, s1 = net.step(x[:, 5], state)
-        kept = copy.deepcopy(s1)
-        net.step((x[:, 5] + 1) % TOKENS.input_size, state)
-        y2, s2 = net.step(x[:, 5], state)
-    assert torch.equal(y1, y2)
-    for a, b, c, d, e in zip(leaves(state), leaves(before), leaves(s1), leaves(kept), leaves(s2),
-                             strict=True):
-        assert torch.equal(a, b) and torch.equal(c, d) and torch.equal(c, e)
+    testing.check_step_functional(build(name, hp), TOKENS)
 
 
 @variants
 def test_state_size(name, hp):
-    """Exact state bytes at every position t = 0 .. 10: batch * (per_sample + t * per_position),
-    the growth each family declares in its info (test_declared_state_growth checks those)."""
-    batch, net = 2, build(name, hp)
-    x, state = random_inputs(TOKENS, batch, 10), net.init_state(batch)
-    sizes = {0: state_bytes(state)}
-    with torch.no_grad():
-        for t in range(10):
-            _, state = net.step(x[:, t], state)
-            sizes[t + 1] = state_bytes(state)
-    per_sample = net.info["state_bytes_per_sample"]
-    per_position = net.info["state_bytes_per_position"]
-    assert sizes == {t: batch * (per_sample + t * per_position) for t in sizes}
+    """Exact state bytes at every position: the growth each family declares in its info."""
+    testing.check_state_size(build(name, hp), TOKENS)
 
 
 @variants

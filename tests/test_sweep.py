@@ -349,7 +349,7 @@ def test_max_over_seeds_and_solve_length_tables_are_exact(tmp_path):
     assert header == ["adding", "parity"]
     assert rows == {"rnn": ["**8**", "2"], "lstm": ["—", "**4**"], "gru": ["", "—"],
                     "tcn": ["", "**4**"]}
-    assert "lengths tested: adding 8; parity 2, 4" in summary
+    assert "lengths tested: adding L=8; parity L=2, 4" in summary
 
 
 def test_reports_show_the_best_hyper_parameter_set_and_every_set(tmp_path):

@@ -8,30 +8,13 @@ import torch
 from conftest import perfect_outputs, sample
 from reference_samplers import REFERENCES
 
+from seqbench import testing
 from seqbench.strict import ConfigError
 from seqbench.sweeps.spec import PRESETS, preset
 from seqbench.tasks import TASKS, get_task
 from seqbench.tasks.adding import Adding
 from seqbench.tasks.copy_memory import CopyMemory
 from seqbench.tasks.parity import Parity
-
-
-def lengths_for(task) -> list[int]:
-    """Short and longer lengths the task accepts (dyck takes even lengths only)."""
-    candidates = [task.min_length, task.min_length + 1, task.min_length + 2, 9, 10, 32]
-    return [n for n in dict.fromkeys(candidates) if task.accepts(n)]
-
-
-def constant_outputs(task, batch) -> torch.Tensor:
-    """Input-independent predictions: copy and parity always guess class 1, adding always 1.0."""
-    b, length = batch.inputs.shape[:2]
-    out = torch.zeros(b, length, task.io.output_size)
-    if task.target == "regression":
-        out[..., 0] = 1.0
-    else:
-        out[..., 1] = 1.0
-    return out
-
 
 # --- every task ------------------------------------------------------------------------------
 
@@ -47,76 +30,34 @@ def test_registry_names_match_classes():
 
 
 def test_unknown_task_lists_choices():
-    message = rf"^task: unknown value 'nope'; allowed: {', '.join(sorted(TASKS))}$"
+    message = rf"^task: unknown value 'nope'; allowed: {', '.join(sorted(TASKS))}; or a task of "
     with pytest.raises(ConfigError, match=message):
         get_task("nope")
 
 
 def test_batch_shapes_dtypes_and_device(task):
-    for length in lengths_for(task):
-        b, seq = 5, task.seq_len(length)
-        batch = sample(task, length, b)
-        if task.io.input_kind == "tokens":
-            assert batch.inputs.shape == (b, seq)
-            assert batch.inputs.dtype == torch.int64
-            assert 0 <= batch.inputs.min() and batch.inputs.max() < task.io.input_size
-        else:
-            assert batch.inputs.shape == (b, seq, task.io.input_size)
-            assert batch.inputs.dtype == torch.float32
-        if task.readout == "per_step":
-            assert batch.targets.shape == (b, seq)
-            assert batch.mask.shape == (b, seq) and batch.mask.dtype == torch.bool
-        else:
-            assert batch.targets.shape == (b,)
-            assert batch.mask is None
-        if task.target == "regression":
-            assert batch.targets.dtype == torch.float32
-        else:
-            assert batch.targets.dtype == torch.int64
-            assert 0 <= batch.targets.min() and batch.targets.max() < task.io.output_size
-        tensors = [batch.inputs, batch.targets] + ([batch.mask] if batch.mask is not None else [])
-        assert all(t.device.type == "cpu" for t in tensors)
+    testing.check_batches(task)
 
 
 def test_same_seed_same_batch_different_seed_different_batch(task):
-    length = max(8, task.min_length)
-    a, b, c = (sample(task, length, 16, seed=s) for s in (3, 3, 4))
-    assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
-    if a.mask is not None:
-        assert torch.equal(a.mask, b.mask)
-    assert not torch.equal(a.inputs, c.inputs)
+    testing.check_seeding(task, 8 if task.accepts(8) else max(9, task.min_length))
 
 
 def test_perfect_predictor_scores_one(task):
-    for length in lengths_for(task):
-        batch = sample(task, length, 64)
-        out = perfect_outputs(task, batch)
-        score = task.score(out, batch)
-        assert score.shape == (64,)
-        assert torch.all(score == 1.0)
-        assert task.loss(out, batch).item() < 1e-4
+    testing.check_perfect_scores_one(task)
 
 
 def test_constant_guesser_scores_chance(task):
-    """Monte-Carlo: the best input-independent guess lands on task.chance within 5 std errors."""
-    length, n = task.min_length + 2, 40_000
-    batch = sample(task, length, n, seed=11)
-    scores = task.score(constant_outputs(task, batch), batch)
-    assert scores.shape == (n,) and scores.min() >= 0 and scores.max() <= 1
-    p = task.chance(length)
-    assert scores.mean().item() == pytest.approx(p, abs=5 * math.sqrt(p * (1 - p) / n))
+    """Monte-Carlo: the best input-independent guess (class 1, or 1.0 for adding) lands on
+    task.chance within 5 std errors."""
+    testing.check_chance(task, task.min_length + 2)
 
 
 def test_check_length_rejects_short_lengths(task):
-    task.check_length(task.min_length)
+    testing.check_lengths_refused(task)
     message = rf"^length: task '{task.name}' needs an integer length >= {task.min_length}, got"
-    for bad in (task.min_length - 1, 0, -1):
-        with pytest.raises(ConfigError, match=message):
-            task.check_length(bad)
-    with pytest.raises(ConfigError, match=r"^lengths\.x\[0\]: "):
-        task.check_length(task.min_length - 1, field="lengths.x[0]")
-    with pytest.raises(ConfigError, match="length"):
-        task.check_length(float(task.min_length + 1))
+    with pytest.raises(ConfigError, match=message):
+        task.check_length(task.min_length - 1)
 
 
 # --- samplers rewritten for speed, same random stream ------------------------------------------

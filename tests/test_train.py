@@ -182,9 +182,12 @@ def test_key_identifies_the_experiment():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"task": "nope"}, rf"^task: unknown value 'nope'; allowed: {', '.join(sorted(TASKS))}$"),
+        ({"task": "nope"}, rf"^task: unknown value 'nope'; allowed: {', '.join(sorted(TASKS))}; or "
+         r"a task of your own as an import path module:attribute \(a seqbench\.tasks\.Task "
+         r"subclass\) or an entry point in the group seqbench\.tasks$"),
         ({"model": "rwkv"},
-         rf"^model: unknown value 'rwkv'; allowed: {', '.join(sorted(FAMILIES))}$"),
+         rf"^model: unknown value 'rwkv'; allowed: {', '.join(sorted(FAMILIES))}; or a model of "
+         r"your own as an import path module:attribute"),
         ({"length": 0}, r"^length: "),
         ({"task": "adding", "length": 1},
          r"^length: task 'adding' needs an integer length >= 2, got 1$"),

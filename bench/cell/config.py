@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seqbench.models import get_family, parse_hparams
+from seqbench.registry import provenance
 from seqbench.strict import (
     ConfigError,
     added,
@@ -30,6 +31,19 @@ COMPILE_MODES = ("none", "default", "reduce-overhead")
 # a change there changes what a config produces (streams, stopping rules, the step), so that no
 # record of the old protocol is reused. 2: train/validation/test streams, choices on validation.
 PROTOCOL = 2
+
+
+def display_of(model: str, task: str) -> dict[str, dict]:
+    """model_display and task_display of a record (seqbench.display): what the family and task
+    declare, defaults filled in."""
+    return {"model_display": get_family(model).display(), "task_display": get_task(task).display()}
+
+
+def plugins_env(model: str, task: str) -> dict[str, list]:
+    """{"plugins": [...]} for a record's env: where each plug-in among model and task comes from
+    (seqbench.registry.provenance); {} when both are built-ins."""
+    found = [p for p in (provenance("model", model), provenance("task", task)) if p]
+    return {"plugins": found} if found else {}
 
 
 @dataclass(frozen=True)
@@ -91,8 +105,10 @@ class Generalise:
 
 @dataclass(frozen=True)
 class CellConfig:
-    task: str = field(metadata={"help": "task name (seqbench list)"})
-    model: str = field(metadata={"help": "model family name (seqbench list)"})
+    task: str = field(metadata={"help": "task: a name (seqbench list) or an import path "
+                                        "module:Class"})
+    model: str = field(metadata={"help": "model family: a name (seqbench list) or an import "
+                                         "path module:attribute"})
     length: int = field(metadata={"help": "the task's length N (its meaning: seqbench list)"})
     seed: int = setting(0, "seed of initialisation and of the data streams")
     params: int = setting(20_000, "parameter budget shared by all models (+-10%)")

@@ -14,6 +14,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from seqbench import display
+from seqbench.registry import BUILTIN
 from seqbench.strict import stable_key
 
 SCHEMA = 2
@@ -79,6 +81,11 @@ class CellRecord:
     ood_val_scores: list = field(default_factory=list)  # validation scores (choices use these)
     ood_score: float | None = None
     ood_chance: list = field(default_factory=list)  # chance at each test length
+    # how tables and figures show the family and the task (seqbench.display; labels like hpset,
+    # not part of the key): {label, order, colour, marker} and {label, order, length_symbol,
+    # length_meaning}; empty in records written before they existed (defaults are derived)
+    model_display: dict = field(default_factory=dict)
+    task_display: dict = field(default_factory=dict)
     schema: int = SCHEMA
 
     # ---- what tables need, without the config classes
@@ -101,8 +108,22 @@ class CellRecord:
 
     @property
     def model_name(self) -> str:
-        """The model as tables show it: the variant's name, else the family."""
-        return self.variant or self.family
+        """The model as tables show it: the variant's name, else the family's label."""
+        return self.variant or self.model_style()["label"]
+
+    @property
+    def task_name(self) -> str:
+        """The task as tables show it: its label."""
+        return self.task_style()["label"]
+
+    def model_style(self) -> dict:
+        """label (the shown name), order, colour and marker of the model (seqbench.display)."""
+        return styles(self.family, self.model_display, self.task, self.task_display,
+                      self.variant)[0]
+
+    def task_style(self) -> dict:
+        """label (the shown name), order, length_symbol and length_meaning of the task."""
+        return styles(self.family, self.model_display, self.task, self.task_display)[1]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -139,11 +160,32 @@ class CellRecord:
                                                                      self.config):
             raise CorruptRecord(f"key {self.key} does not match its config or definition versions "
                                 "(edited?)")
+        try:
+            if self.model_display:
+                display.check_model(self.model_display)
+            if self.task_display:
+                display.check_task(self.task_display)
+        except display.DisplayError as exc:
+            raise CorruptRecord(str(exc)) from None
         for name in ("score", "val_score", "ood_score"):
             _score(name, getattr(self, name))
         for name in ("ood_scores", "ood_val_scores"):
             for i, value in enumerate(getattr(self, name)):
                 _score(f"{name}[{i}]", value)
+
+
+def styles(family: str, model_display: dict, task: str, task_display: dict,
+           variant: str = "") -> tuple[dict, dict]:
+    """(model style, task style) as shown: the stored display, or defaults derived from the
+    names for records without one; a variant's colour and marker derived from its name; labels
+    replaced by the configured name where a plug-in's label is a built-in's name."""
+    model = dict(model_display or display.model(family))
+    model["label"] = display.shown(model["label"], family, BUILTIN["model"])
+    if variant:
+        model = display.variant(variant, model)
+    shown_task = dict(task_display or display.task(task))
+    shown_task["label"] = display.shown(shown_task["label"], task, BUILTIN["task"])
+    return model, shown_task
 
 
 def _score(name: str, value: Any) -> None:

@@ -30,7 +30,7 @@ import traceback
 
 import torch
 
-from seqbench.cell.config import CellConfig
+from seqbench.cell.config import CellConfig, display_of, plugins_env
 from seqbench.cell.gradflow import gradient_flow
 from seqbench.cell.record import CellRecord
 from seqbench.cell.step import TrainStep, generator
@@ -105,7 +105,8 @@ def new_record(cfg: CellConfig) -> CellRecord:
         chance=task.chance(cfg.length),
         baseline_loss=task.baseline_loss(cfg.length),
         solve_threshold=task.solve_threshold,
-        env=environment(cfg.device),
+        env=environment(cfg.device) | plugins_env(cfg.model, cfg.task),
+        **display_of(cfg.model, cfg.task),
     )
 
 

@@ -8,9 +8,10 @@ TOML file), when it was solved and no longer is, when its status changes to dive
 or when its stored score is impossible (not a number in [0, 1]). A baseline cell missing from the
 current run is a regression; a new cell is reported, never a failure. Unusable input exits 2 with a
 message naming the problem: a folder without cell records, a file that is not a trustworthy record
-(named with its path and reason), no cell in common, or the same (task, model, length, seed) stored
-under different task or model definition versions (the definition changed: the two runs are
-incomparable, and the baseline has to be regenerated). On CPU the same seed and thread count give
+(named with its path and reason), a record whose plug-in family or task is not installed here
+(named, with the distribution to install), no cell in common, or the same (task, model, length,
+seed) stored under different task or model definition versions (the definition changed: the two
+runs are incomparable, and the baseline has to be regenerated). On CPU the same seed and thread count give
 identical scores, so the seeded smoke sweep is gated exactly (results/baseline/ holds its records).
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from rich.table import Table
 
 from seqbench.cell.record import FAILED, CellRecord
 from seqbench.fileio import atomic_write
-from seqbench.results.store import Problem, Store
+from seqbench.results.store import Problem, Store, check_names
 from seqbench.strict import ConfigError, check_choice, require
 
 console = Console()
@@ -47,7 +48,8 @@ class Run:
 
 def load_run(root: str | Path, role: str) -> Run:
     """The records of root/cells; raises ConfigError (exit 2) naming the first untrustworthy file
-    (an impossible score in the current run is a regression instead: see compare_accuracy)."""
+    (an impossible score in the current run is a regression instead: see compare_accuracy), or
+    naming a plug-in its records use that is not installed here."""
     root = Path(root)
     require(root.is_dir(), f"--{role}", f"{root} is not a folder")
     loaded = Store(root).read()
@@ -61,6 +63,7 @@ def load_run(root: str | Path, role: str) -> Run:
     if not loaded.records and not impossible:
         raise ConfigError(f"--{role}: no cell records in {root / 'cells'}; expected a sweep "
                           "folder such as results/smoke")
+    check_names(loaded, root, f"gate --{role}")
     return Run(root, loaded.records, impossible)
 
 

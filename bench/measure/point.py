@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from seqbench.cell.config import DEVICES
+from seqbench.cell.config import DEVICES, display_of, plugins_env
 from seqbench.cell.step import TrainStep
 from seqbench.cell.train import is_oom
 from seqbench.env import environment
@@ -200,8 +200,9 @@ def measure(point: MeasurePoint, *, peak: float | None = None, rss: bool = True,
             blocks: int = 7, stream_positions: tuple[int, ...] = ()) -> MeasureRecord:
     """Measure one point; failures (oom, error) are recorded, never raised."""
     record = MeasureRecord(point.key(), point.to_dict(), point.payload(),
-                           env=environment(point.device),
-                           flags=flags(point), matmul_peak_flops_per_s=peak)
+                           env=environment(point.device) | plugins_env(point.model, point.task),
+                           flags=flags(point), matmul_peak_flops_per_s=peak,
+                           **display_of(point.model, point.task))
     try:
         _measure(point, record, rss, blocks, stream_positions)
     except Exception as exc:  # noqa: BLE001 - the point's failure is its result

@@ -7,7 +7,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from seqbench.cell.record import KEY, LABEL, CorruptRecord, build
+from seqbench import display
+from seqbench.cell.record import KEY, LABEL, CorruptRecord, build, styles
 from seqbench.strict import stable_key
 
 MEASURE_SCHEMA = 2
@@ -45,6 +46,9 @@ class MeasureRecord:
     flags: dict = field(default_factory=dict)
     env: dict = field(default_factory=dict)
     variant: str = ""  # the sweep's name for the model, if a variant (a label, not in the key)
+    # how the family and the point's task are shown (seqbench.display; as in CellRecord)
+    model_display: dict = field(default_factory=dict)
+    task_display: dict = field(default_factory=dict)
     schema: int = MEASURE_SCHEMA
 
     def to_dict(self) -> dict:
@@ -65,17 +69,31 @@ class MeasureRecord:
             raise CorruptRecord(f"variant {record.variant!r} is not a plain label")
         if not isinstance(record.point.get("length"), int):
             raise CorruptRecord("point.length: expected an integer")
+        try:
+            if record.model_display:
+                display.check_model(record.model_display)
+            if record.task_display:
+                display.check_task(record.task_display)
+        except display.DisplayError as exc:
+            raise CorruptRecord(str(exc)) from None
         return record
+
+    def styles(self) -> tuple[dict, dict]:
+        """(model style, task style) as shown (seqbench.cell.record.styles)."""
+        return styles(self.point["model"], self.model_display, self.point.get("task", "parity"),
+                      self.task_display, self.variant)
 
     @property
     def model_name(self) -> str:
-        return self.variant or self.point["model"]
+        return self.styles()[0]["label"]
 
     def row(self) -> dict:
         flat = {k: v for k, v in self.point.items() if k != "hparams"}
-        flat |= {"model": self.model_name, "family": self.point["model"]}
+        flat |= display.columns(*self.styles()) | {"variant": self.variant,
+                                                   "family": self.point["model"]}
         flat |= {f"hp.{k}": v for k, v in (self.point.get("hparams") or {}).items()}
-        skip = {"point", "streaming", "env", "flags", "schema", "variant", "key_payload"}
+        skip = {"point", "streaming", "env", "flags", "schema", "variant", "key_payload",
+                "model_display", "task_display"}
         stream = {}
         for s in self.streaming:
             stream[f"stream_ms@{s['position']}"] = s["latency_ms_median"]

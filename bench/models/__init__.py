@@ -1,5 +1,8 @@
 """Model families behind one registry, each sized to a shared parameter budget.
 
+FAMILIES holds the built-ins (seqbench.registry.BUILTIN); get_family also resolves a plug-in,
+named by import path or entry point (seqbench.registry), in whichever process asks.
+
 Every family's Core.info declares how its streaming state grows, from the built module's shapes:
 "state_bytes_per_sample", the bytes per sample that do not depend on the position (float32
 values; complex64 ones count 8), and "state_bytes_per_position", the bytes per sample added by
@@ -9,29 +12,46 @@ does not stream (a bidirectional recurrent net) declares neither.
 """
 from __future__ import annotations
 
+import types
 import warnings
 from typing import Any
 
-from seqbench.models import (
-    hyena,
-    linear_attention,
-    lru,
-    mamba,
-    recurrent,
-    s4d,
-    tcn,
-    transformer,
-)
+from seqbench import registry
 from seqbench.models.base import Family, SequenceModel, count_parameters, state_bytes
-from seqbench.strict import check_choice, from_mapping
+from seqbench.strict import ConfigError, from_mapping
 from seqbench.tasks.base import IOSpec
 
-FAMILIES: dict[str, Family] = {
-    f.name: f
-    for module in (recurrent, tcn, transformer, lru, s4d, mamba, linear_attention, hyena)
-    for f in module.FAMILIES
-}
 
+def as_family(obj: Any, name: str, where: str, field: str = "model") -> Family:
+    """obj as a Family: a Family instance, or a module whose FAMILIES (a list or dict of Family)
+    holds exactly one, or one named `name`; ConfigError naming field and where otherwise."""
+    if isinstance(obj, Family):
+        return obj
+    if isinstance(obj, types.ModuleType) and hasattr(obj, "FAMILIES"):
+        families = obj.FAMILIES
+        families = list(families.values() if isinstance(families, dict) else families)
+        wrong = [f for f in families if not isinstance(f, Family)]
+        if wrong:
+            raise ConfigError(f"{field}: {where}: {obj.__name__}.FAMILIES holds "
+                              f"{type(wrong[0]).__name__} {wrong[0]!r:.60}, expected Family "
+                              "instances")
+        named = [f for f in families if f.name == name]
+        if len(families) == 1 or len(named) == 1:
+            return (named or families)[0]
+        raise ConfigError(f"{field}: {where}: {obj.__name__}.FAMILIES holds "
+                          f"{len(families)} families ({', '.join(f.name for f in families)}) "
+                          "and none is named so; name one Family instance instead")
+    kind = "module without FAMILIES" if isinstance(obj, types.ModuleType) else (
+        type(obj).__name__)
+    raise ConfigError(f"{field}: {where} is a {kind} ({obj!r:.60}); expected a "
+                      f"{registry.WHAT['model']}")
+
+
+FAMILIES: dict[str, Family] = {
+    name: as_family(registry.load("model", name, "model")[0], name, f"built-in {name!r}")
+    for name in registry.BUILTIN["model"]
+}
+_PLUGINS: dict[str, Family] = {}  # plug-ins resolved in this process, by the name configs use
 
 BUDGET_TOLERANCE = 0.10  # every model is meant to land within this fraction of the budget
 
@@ -40,11 +60,24 @@ class BudgetWarning(UserWarning):
     """The closest width still misses the parameter budget by more than BUDGET_TOLERANCE."""
 
 
-def get_family(name: str, field: str = "model") -> Family:
-    return FAMILIES[check_choice(field, name, FAMILIES)]
+def get_family(name: str | Family, field: str = "model") -> Family:
+    """The family a config names: a built-in, an import path or an entry point (resolved once
+    per process); unknown names raise ConfigError listing the choices. A Family passes through
+    (plug-in authors test theirs before registering it: seqbench.testing)."""
+    if isinstance(name, Family):
+        return name
+    if not isinstance(name, str):
+        raise ConfigError(f"{field}: expected a name, got {type(name).__name__} {name!r}")
+    if name in FAMILIES:
+        return FAMILIES[name]
+    if name not in _PLUGINS:
+        obj, where = registry.load("model", name, field)
+        _PLUGINS[name] = as_family(obj, name, where, field)
+    return _PLUGINS[name]
 
 
-def parse_hparams(model: str, data: dict[str, Any] | Any, field: str = "hparams") -> Any:
+def parse_hparams(model: str | Family, data: dict[str, Any] | Any,
+                  field: str = "hparams") -> Any:
     """The family's frozen hyper-parameter dataclass from a mapping (unknown keys are errors)."""
     family = get_family(model)
     if type(data) is family.hparams:
@@ -52,7 +85,8 @@ def parse_hparams(model: str, data: dict[str, Any] | Any, field: str = "hparams"
     return from_mapping(family.hparams, data or {}, field)
 
 
-def build_model(model: str, io: IOSpec, budget: int, hp: Any, max_len: int) -> SequenceModel:
+def build_model(model: str | Family, io: IOSpec, budget: int, hp: Any,
+                max_len: int) -> SequenceModel:
     """The model of family `model` whose parameter count is closest to budget.
 
     Fitting builds many candidates; each distinct warning they raise (for example a TCN receptive
@@ -81,6 +115,6 @@ __all__ = [
     "BUDGET_TOLERANCE",
     "FAMILIES",
     "BudgetWarning",
-    "SequenceModel", "build_model", "count_parameters", "get_family",
+    "Family", "SequenceModel", "as_family", "build_model", "count_parameters", "get_family",
     "parse_hparams", "state_bytes",
 ]

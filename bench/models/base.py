@@ -13,6 +13,7 @@ can be stepped repeatedly, as timing does) and computes eval-mode outputs (no dr
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from seqbench import display
+from seqbench.strict import ConfigError
 from seqbench.tasks.base import IOSpec
 
 
@@ -106,10 +109,16 @@ def search_width(io: IOSpec, budget: int, make: Callable[[int], Core]) -> int:
 
 @dataclass(frozen=True)
 class Family:
-    """A registered model family: build(io, width, hp, max_len) -> Core for one width; fit(io,
-    budget, hp, max_len) -> Core sized to the budget (default: search the width). version: bump it
-    whenever the family's computation or initialisation changes; it is part of every cell key, so
-    records of the old definition are never reused (like Task.version)."""
+    """A model family: build(io, width, hp, max_len) -> Core for one width; fit(io, budget, hp,
+    max_len) -> Core sized to the budget (default: search the width). hparams: its frozen
+    hyper-parameter dataclass (parsed strictly; an optional validate(where) checks ranges).
+    version: bump it whenever the family's computation or initialisation changes; it is part of
+    every cell key, so records of the old definition are never reused (like Task.version).
+
+    Display (seqbench.display; stored in every record): label (default: name), order (rows sort
+    by it; built-ins use 0..999, the default puts a plug-in after them), colour ("#rrggbb") and
+    marker (one of seqbench.display.MARKERS); left empty, the colour and marker are derived from
+    the name."""
 
     name: str
     summary: str
@@ -117,6 +126,27 @@ class Family:
     build: Callable[[IOSpec, int, Any, int], Core]
     fit: Callable[[IOSpec, int, Any, int], Core] | None = None
     version: int = 1
+    label: str = ""
+    order: int | None = None
+    colour: str = ""
+    marker: str = ""
+
+    def __post_init__(self):
+        where = f"model family {self.name!r}"
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"model family: name must be a non-empty string, got {self.name!r}")
+        if not (isinstance(self.hparams, type) and dataclasses.is_dataclass(self.hparams)):
+            raise ConfigError(f"{where}: hparams must be a dataclass, got {self.hparams!r}")
+        if type(self.version) is not int or self.version < 1:
+            raise ConfigError(f"{where}: version must be an integer >= 1, got {self.version!r}")
+        try:
+            self.display()
+        except display.DisplayError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def display(self) -> dict:
+        """label, order, colour and marker, defaults filled in (seqbench.display.model)."""
+        return display.model(self.name, self.label, self.order, self.colour, self.marker)
 
     def sized(self, io: IOSpec, budget: int, hp: Any, max_len: int) -> Core:
         if self.fit is not None:

@@ -205,5 +205,6 @@ FAMILIES = [
         "convolutions on the projections; pre-LN blocks with MLP",
         HyenaHP,
         build_hyena,
+        order=100, colour="#b8860b", marker="<",
     )
 ]

@@ -206,5 +206,6 @@ FAMILIES = [
         "training; pre-RMSNorm blocks with SwiGLU",
         GLAHP,
         build_gla,
+        order=90, colour="#e7298a", marker=">",
     )
 ]

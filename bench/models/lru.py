@@ -195,5 +195,6 @@ FAMILIES = [
         LRUHP,
         build_lru,
         version=2,  # 2: the chunked scan (seqbench.models.primitives) replaced Hillis-Steele
+        order=60, colour="#ca9161", marker="h",
     )
 ]

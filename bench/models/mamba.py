@@ -229,5 +229,6 @@ FAMILIES = [
         "pre-RMSNorm residual blocks",
         MambaHP,
         build_mamba,
+        order=80, colour="#7b3294", marker="*",
     )
 ]

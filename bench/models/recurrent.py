@@ -238,12 +238,15 @@ def build_lstm(io, width, hp: LSTMHP, max_len):
 
 
 FAMILIES = [
-    Family("rnn", "Elman RNN with tanh (torch.nn.RNN)", RecurrentHP, build_rnn),
+    Family("rnn", "Elman RNN with tanh (torch.nn.RNN)", RecurrentHP, build_rnn,
+           order=10, colour="#0173b2", marker="o"),
     Family(
         "lstm",
         "LSTM with configurable forget-gate bias (torch.nn.LSTM), optionally with peepholes",
         LSTMHP,
         build_lstm,
+        order=20, colour="#de8f05", marker="s",
     ),
-    Family("gru", "GRU (torch.nn.GRU)", RecurrentHP, build_gru),
+    Family("gru", "GRU (torch.nn.GRU)", RecurrentHP, build_gru,
+           order=30, colour="#029e73", marker="^"),
 ]

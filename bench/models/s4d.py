@@ -148,5 +148,6 @@ FAMILIES = [
         "convolution; pre-LN residual blocks with GLU",
         S4DHP,
         build_s4d,
+        order=70, colour="#008080", marker="p",
     )
 ]

@@ -142,4 +142,5 @@ def build_tcn(io, width, hp: TCNHP, max_len):
     return Core(tcn, width, width, info)
 
 
-FAMILIES = [Family("tcn", "temporal convolutional network (Bai et al. 2018)", TCNHP, build_tcn)]
+FAMILIES = [Family("tcn", "temporal convolutional network (Bai et al. 2018)", TCNHP, build_tcn,
+                   order=40, colour="#d55e00", marker="D")]

@@ -290,5 +290,6 @@ FAMILIES = [
         TransformerHP,
         build_transformer,
         fit=fit_transformer,
+        order=50, colour="#cc78bc", marker="v",
     )
 ]

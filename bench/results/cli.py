@@ -1,6 +1,7 @@
 """`seqbench report` and `seqbench plot`: tables, report.html and figures from the stored records of
 a folder (never re-runs anything). Torch-free. A stored file that cannot be trusted is named with
-its reason on stderr and left out; the rest is reported."""
+its reason on stderr and left out; the rest is reported. Records naming a plug-in that is not
+installed here stop the command (exit 2, naming what to install) rather than vanish from it."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from seqbench.results.store import Loaded, Store
+from seqbench.results.store import Loaded, Store, check_names
 from seqbench.strict import ConfigError
 
 console = Console()
@@ -27,7 +28,8 @@ def configure_plot(p: argparse.ArgumentParser) -> None:
 
 def read(command: str, folder: str) -> tuple[Store, Loaded]:
     """The store at folder, parsed once; each untrustworthy file named on stderr. ConfigError
-    where it holds no trustworthy record at all."""
+    where it holds no trustworthy record at all, or records whose family or task cannot be
+    resolved here (seqbench.results.store.check_names)."""
     store = Store(folder)
     loaded = store.read()
     for problem in loaded.problems:
@@ -35,6 +37,7 @@ def read(command: str, folder: str) -> tuple[Store, Loaded]:
     if not (loaded.records or loaded.measurements):
         raise ConfigError(f"{command}: {folder} holds no stored records (no usable "
                           f"cells/*.json or measurements/*.json)")
+    check_names(loaded, store.root, command)
     return store, loaded
 
 

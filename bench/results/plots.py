@@ -20,7 +20,9 @@
   trained solid. Skipped for a task whose records have no gradient flow.
 
 With several hyper-parameter sets, each (task, model, length) shows the set the tables show
-(seqbench.results.report.best_sets). Every model has one fixed colour and marker in every figure. Figures are built on
+(seqbench.results.report.best_sets). Every model has one fixed colour and marker in every figure,
+the ones its family declares (stored in its records: seqbench.display; a variant's are derived
+from its name), and length axes name the task's own length (copy: delay T). Figures are built on
 matplotlib.figure.Figure with the Agg canvas and styled inside matplotlib.rc_context, so neither
 pyplot's global figure state nor the global rcParams are touched.
 """
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import math
 import re
-import zlib
 from pathlib import Path
 
 import matplotlib
@@ -40,6 +41,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from seqbench import display
 from seqbench.cell.record import FAILED, CellRecord
 from seqbench.results.store import (
     Loaded,
@@ -49,11 +51,12 @@ from seqbench.results.store import (
     measurement_frame,
 )
 from seqbench.results.tables import (
-    MODEL_ORDER,
     _models,
     best_sets,
     headline,
     is_generalisation,
+    length_axis,
+    studies,
     study,
     task_facts,
 )
@@ -61,20 +64,12 @@ from seqbench.strict import ConfigError
 
 FORMATS = ("png", "svg")
 PREFIXES = ("accuracy_", "heatmap_", "speed_memory_", "gradflow_")  # what `plot` owns in plots/
-_COLOURS = sns.color_palette("colorblind", 10)
-# Fixed per model: the colour-blind-safe palette in MODEL_ORDER; grey (index 7) is kept for
-# reference lines and status markers. Other model names (sweep variants such as
-# transformer-rope) get a stable colour and marker from their name, from a set unlike the
-# families' own, so that a variant is not mistaken for its family.
-_SPARE = ["#1a1a1a", "#bcbd22", "#17becf", _COLOURS[6], "#1f3b73", "#8b0000"]
-_SPARE_MARKERS = ["*", "p", "<", ">", "d", "8"]
-MODEL_COLOURS = dict(zip(MODEL_ORDER, _COLOURS))
-MODEL_MARKERS = {"rnn": "o", "lstm": "s", "gru": "^", "tcn": "D", "transformer": "v", "lru": "h"}
 STATUS_MARKERS = {"diverged": "x", "oom": "X", "error": "P"}
 STATUS_LABELS = {"diverged": "diverged", "oom": "out of memory", "error": "error"}
 GREY = "0.35"
-LENGTH_LABEL = "sequence length L (steps)"
-TEST_LENGTH_LABEL = "length: training up to N, then the test lengths"
+# display columns (seqbench.display) a figure's frame carries
+STYLE_COLUMNS = ["model_order", "variant", "model_colour", "model_marker", "length_symbol",
+                 "length_meaning"]
 STYLE = {
     **sns.axes_style("whitegrid"),
     **sns.plotting_context("notebook", font_scale=0.85),
@@ -85,17 +80,22 @@ STYLE = {
 }
 
 
-def colour(model: str):
-    """The fixed colour of a model, the same in every figure."""
-    if model in MODEL_COLOURS:
-        return MODEL_COLOURS[model]
-    return _SPARE[zlib.crc32(model.encode()) % len(_SPARE)]
+def model_styles(df: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """(colour, marker) of each model of df's rows, as their records store them (defaults
+    derived from the name for a frame made without the display columns)."""
+    if {"model_colour", "model_marker"} <= set(df.columns):
+        first = df.drop_duplicates("model")
+        return dict(zip(first["model"], zip(first["model_colour"], first["model_marker"])))
+    return {m: (d["colour"], d["marker"]) for m in df["model"].unique()
+            for d in [display.model(m)]}
 
 
-def marker(model: str) -> str:
-    if model in MODEL_MARKERS:
-        return MODEL_MARKERS[model]
-    return _SPARE_MARKERS[zlib.crc32(model.encode()) % len(_SPARE_MARKERS)]
+def length_label(df: pd.DataFrame, boundary: int | None = None) -> str:
+    """The x-axis label of lengths: the task's meaning and symbol (copy: delay T)."""
+    symbol, meaning = length_axis(df)
+    if boundary is None:
+        return f"{meaning} {symbol}" if symbol != meaning else meaning
+    return f"{meaning} {symbol}: training up to N={boundary}, then the test lengths"
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -126,7 +126,7 @@ def _spans_decades(values) -> bool:
     return bool(pos) and max(pos) > 10 * min(pos)
 
 
-def _length_axis(ax, lengths: list[int], log: bool) -> None:
+def _length_axis(ax, lengths: list[int], log: bool, label: str) -> None:
     """x axis over the measured lengths: ticks at each of them, log-scaled if asked."""
     if log:
         ax.set_xscale("log")
@@ -135,11 +135,11 @@ def _length_axis(ax, lengths: list[int], log: bool) -> None:
     if len(lengths) == 1:
         n = lengths[0]
         ax.set_xlim(n / 2, n * 2) if log else ax.set_xlim(n - 1, n + 1)
-    ax.set_xlabel(LENGTH_LABEL)
+    ax.set_xlabel(label)
 
 
-def _model_handles(models: list[str]) -> list[Line2D]:
-    return [Line2D([], [], color=colour(m), marker=marker(m), label=m) for m in models]
+def _model_handles(models: list[str], styles: dict) -> list[Line2D]:
+    return [Line2D([], [], color=styles[m][0], marker=styles[m][1], label=m) for m in models]
 
 
 def _status_handles(statuses) -> list[Line2D]:
@@ -151,7 +151,7 @@ def _legend(fig: Figure, handles: list) -> None:
     fig.legend(handles=handles, loc="outside right upper")
 
 
-def _mark_failures(ax, failed: pd.DataFrame, y: float, models: list[str],
+def _mark_failures(ax, failed: pd.DataFrame, y: float, models: list[str], styles: dict,
                    axes_y: bool = False) -> None:
     """One marker per (model, length, status) of failed rows at height y (data coordinates, or
     axes coordinates if axes_y), in the model's colour; the models sit side by side around their
@@ -163,7 +163,7 @@ def _mark_failures(ax, failed: pd.DataFrame, y: float, models: list[str],
         shift = transforms.ScaledTranslation((i - (len(models) - 1) / 2) * 9 / 72, 0,
                                              fig.dpi_scale_trans)
         ax.scatter([length], [y], marker=STATUS_MARKERS.get(status, "X"), s=60,
-                   color=colour(model), linewidths=2 if status == "diverged" else 0.8,
+                   color=styles[model][0], linewidths=2 if status == "diverged" else 0.8,
                    edgecolors="black" if status != "diverged" else None, zorder=5, clip_on=False,
                    transform=base + shift)
 
@@ -174,7 +174,7 @@ def _mark_failures(ax, failed: pd.DataFrame, y: float, models: list[str],
 def generalisation_curve(tdf: pd.DataFrame, gdf: pd.DataFrame) -> pd.DataFrame:
     """Rows (model, seed, length, score, status) of length-generalisation cells at one training
     length N: their in-distribution score at N and their score at each test length."""
-    facts = ["score_name", "solve_threshold"]
+    facts = ["score_name", "solve_threshold", *(c for c in STYLE_COLUMNS if c in tdf)]
     inside = tdf[["key", "model", "seed", "length", "id_score", "status", "chance", *facts]]
     tests = gdf[gdf["key"].isin(tdf["key"])][["key", "model", "seed", "length", "score", "status",
                                                "chance"]]
@@ -187,7 +187,7 @@ def accuracy_figure(task_name: str, tdf: pd.DataFrame, boundary: int | None = No
     generalisation_curve with the training boundary N)."""
     score_name, threshold, chance = task_facts(tdf)
     lengths = sorted(tdf["length"].unique().tolist())
-    models = _models(tdf["model"])
+    models, styles = _models(tdf), model_styles(tdf)
     log = _spans_decades(lengths)
     fig = _figure(7.5, 4.4)
     ax = fig.add_subplot()
@@ -198,10 +198,10 @@ def accuracy_figure(task_name: str, tdf: pd.DataFrame, boundary: int | None = No
             sns.lineplot(data=mdf, x="length", y="score", estimator="mean", errorbar=("pi", 100),
                          err_style="bars" if len(lengths) == 1 else "band",
                          err_kws={"alpha": 0.15} if len(lengths) > 1 else {"capsize": 4},
-                         color=colour(model), marker=marker(model), markersize=7, ax=ax,
+                         color=styles[model][0], marker=styles[model][1], markersize=7, ax=ax,
                          legend=False)
     failed = tdf[tdf["status"].isin(FAILED)]
-    _mark_failures(ax, failed, -0.06, models)
+    _mark_failures(ax, failed, -0.06, models, styles)
     chances = [chance[n] for n in lengths if n in chance]
     if len(set(chances)) == 1:
         ax.axhline(chances[0], color=GREY, linestyle="--", linewidth=1.3)
@@ -212,21 +212,20 @@ def accuracy_figure(task_name: str, tdf: pd.DataFrame, boundary: int | None = No
     ax.axhline(0, color="0.8", linewidth=0.8)
     if boundary is not None:
         ax.axvline(boundary, color="firebrick", linestyle="-.", linewidth=1.3)
-    _length_axis(ax, lengths, log)
-    if boundary is not None:
-        ax.set_xlabel(TEST_LENGTH_LABEL)
+    _length_axis(ax, lengths, log, length_label(tdf, boundary))
     ax.set_ylim(-0.12, 1.05)
     ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_ylabel(f"held-out {score_name} (fraction)")
     seeds = tdf["seed"].nunique()
-    what = ("sequence length" if boundary is None
-            else f"test length (trained on lengths up to N={boundary})")
+    symbol, meaning = length_axis(tdf)
+    what = (f"{meaning} {symbol}" if boundary is None
+            else f"test {symbol} (trained on lengths up to N={boundary})")
     ax.set_title(f"{task_name}: {score_name} vs {what}\n"
                  f"mean over {seeds} seed(s); " + ("band: worst to best seed" if seeds > 1
                                                    else "one seed"), fontsize="medium")
     chance_label = (f"chance ({chances[0]:.3g})" if len(set(chances)) == 1
                     else f"chance ({min(chances):.3g}–{max(chances):.3g})")
-    handles = _model_handles(models) + [
+    handles = _model_handles(models, styles) + [
         Line2D([], [], color=GREY, linestyle="--", label=chance_label),
         Line2D([], [], color=GREY, linestyle=":", linewidth=1.6,
                label=f"solved at ≥ {threshold:g}"),
@@ -240,7 +239,7 @@ def heatmap_figure(task_name: str, tdf: pd.DataFrame, boundary: int | None = Non
     """Mean score per (model, length) for one task, coloured from chance (dark) to 1 (bright)."""
     score_name, _, chances = task_facts(tdf)
     lengths = sorted(tdf["length"].unique().tolist())
-    models = _models(tdf["model"])
+    models = _models(tdf)
     means = pd.DataFrame(np.nan, index=models, columns=lengths)
     text = pd.DataFrame("", index=models, columns=lengths)
     for (model, length), group in tdf.groupby(["model", "length"]):
@@ -266,10 +265,10 @@ def heatmap_figure(task_name: str, tdf: pd.DataFrame, boundary: int | None = Non
             if pd.isna(means.loc[model, length]):
                 ax.text(j + 0.5, i + 0.5, text.loc[model, length], ha="center", va="center",
                         fontsize="small", color="0.15")
-    ax.set_xlabel(LENGTH_LABEL if boundary is None else TEST_LENGTH_LABEL + f" (N={boundary})")
+    ax.set_xlabel(length_label(tdf, boundary))
     ax.set_ylabel("model")
     ax.tick_params(axis="y", rotation=0)
-    ax.set_title(f"{task_name}: mean held-out {score_name} by model and length\n"
+    ax.set_title(f"{task_name}: mean held-out {score_name} by model and {length_axis(tdf)[0]}\n"
                  f"colour from chance to 1; grey: no score (failed or not run)",
                  fontsize="medium")
     return fig
@@ -309,7 +308,7 @@ def speed_memory_figure(sdf: pd.DataFrame, setting: str) -> Figure:
     fig = _figure(4.3 * ncols + 1.6, 3.6 * nrows + 0.6)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     lengths = sorted(sdf["length"].unique().tolist())
-    models = _models(sdf["model"])
+    models, styles = _models(sdf), model_styles(sdf)
     ok = sdf[sdf["status"] == "ok"]
     failed = sdf[sdf["status"] != "ok"]
     for ax, (metric, title, unit, higher, _) in zip(axes, panels):
@@ -319,8 +318,8 @@ def speed_memory_figure(sdf: pd.DataFrame, setting: str) -> Figure:
             mdf = values[values["model"] == model]
             if not mdf.empty:
                 sns.lineplot(data=mdf, x="length", y=metric, estimator="mean", errorbar=None,
-                             color=colour(model), marker=marker(model), markersize=7, ax=ax,
-                             legend=False)
+                             color=styles[model][0], marker=styles[model][1], markersize=7,
+                             ax=ax, legend=False)
         ax.set_yscale("log")
         ax.margins(y=0.14)  # (in log space) a strip above and below the data for failed points
         if values.empty:
@@ -330,30 +329,36 @@ def speed_memory_figure(sdf: pd.DataFrame, setting: str) -> Figure:
         else:
             _log_values_axis(ax.yaxis, values[metric].tolist(), unit)
         # failures: no throughput (bottom), memory exceeded (top)
-        _mark_failures(ax, failed, 0.04 if higher else 0.96, models, axes_y=True)
-        _length_axis(ax, lengths, log=True)
+        _mark_failures(ax, failed, 0.04 if higher else 0.96, models, styles, axes_y=True)
+        _length_axis(ax, lengths, True, length_label(sdf))
         ax.set_ylabel("tokens/s" if unit == "tokens/s" else "bytes")
         ax.set_title(title, fontsize="medium")
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle(f"speed and memory vs sequence length ({setting}; log-log)\n"
+    fig.suptitle(f"speed and memory vs {length_label(sdf)} ({setting}; log-log)\n"
                  "failed points: bottom of throughput panels, top of memory panels")
-    _legend(fig, _model_handles(models) + _status_handles(failed["status"]))
+    _legend(fig, _model_handles(models, styles) + _status_handles(failed["status"]))
     return fig
 
 
 # Gradient flow ----------------------------------------------------------------------------------
 
 
+FLOW_COLUMNS = ["model", "length", "seed", "phase", "distance", "norm", *STYLE_COLUMNS]
+
+
 def flow_frame(records: list[CellRecord]) -> pd.DataFrame:
-    """Tidy gradient-flow points: model, length, seed, phase, distance, norm."""
+    """Tidy gradient-flow points: model, length, seed, phase, distance, norm (and the display
+    columns of model and task)."""
     rows = []
     for r in records:
+        shown = {k: v for k, v in display.columns(r.model_style(), r.task_style()).items()
+                 if k in FLOW_COLUMNS}
         for phase, flow in (r.grad_flow or {}).items():
             for d, n in zip(flow.get("distance", []), flow.get("norm", [])):
-                rows.append({"model": r.model_name, "length": r.length, "seed": r.seed,
-                             "phase": phase, "distance": d, "norm": n})
-    return pd.DataFrame(rows, columns=["model", "length", "seed", "phase", "distance", "norm"])
+                rows.append(shown | {"length": r.length, "seed": r.seed, "variant": r.variant,
+                                     "phase": phase, "distance": d, "norm": n})
+    return pd.DataFrame(rows, columns=FLOW_COLUMNS)
 
 
 def gradflow_figure(task_name: str, flows: pd.DataFrame) -> Figure:
@@ -362,7 +367,7 @@ def gradflow_figure(task_name: str, flows: pd.DataFrame) -> Figure:
     at = flows[flows["length"] == length]
     mean = at.groupby(["model", "phase", "distance"], as_index=False)["norm"].mean()
     seeds = at["seed"].nunique()
-    models = _models(at["model"])
+    models, styles = _models(at), model_styles(at)
     fig = _figure(7.5, 4.6)
     ax = fig.add_subplot()
     zeros = False
@@ -373,13 +378,13 @@ def gradflow_figure(task_name: str, flows: pd.DataFrame) -> Figure:
                 continue
             curve = curve.sort_values("distance")
             norm = curve["norm"].where(curve["norm"] > 0)  # log axis: exact zeros marked below
-            ax.plot(curve["distance"], norm, linestyle=style, color=colour(model),
-                    marker=marker(model), markersize=3.5, linewidth=1.6,
+            ax.plot(curve["distance"], norm, linestyle=style, color=styles[model][0],
+                    marker=styles[model][1], markersize=3.5, linewidth=1.6,
                     alpha=0.75 if phase == "untrained" else 1.0)
             dead = curve.loc[curve["norm"] <= 0, "distance"]
             if len(dead):
                 zeros = True
-                ax.scatter(dead, [0.02] * len(dead), marker="|", s=60, color=colour(model),
+                ax.scatter(dead, [0.02] * len(dead), marker="|", s=60, color=styles[model][0],
                            transform=ax.get_xaxis_transform(), clip_on=False)
     ax.set_yscale("log", nonpositive="mask")
     if zeros:
@@ -396,10 +401,10 @@ def gradflow_figure(task_name: str, flows: pd.DataFrame) -> Figure:
         xlabel = "distance d back from the scored step p (steps)"
     ax.set_xlabel(xlabel)
     ax.set_ylabel(r"gradient norm $\|\partial \ell_p / \partial e_{p-d}\|$ (log)")
-    ax.set_title(f"{task_name}: gradient flow through time at L={length}\n"
+    ax.set_title(f"{task_name}: gradient flow through time at {length_axis(at)[0]}={length}\n"
                  f"reach of the loss at the scored step into the input d steps back\n"
                  f"(batch mean; mean over {seeds} seed(s))", fontsize="medium")
-    handles = _model_handles(models) + [
+    handles = _model_handles(models, styles) + [
         Line2D([], [], color=GREY, linestyle="--", label="untrained (at initialisation)"),
         Line2D([], [], color=GREY, linestyle="-", label="trained"),
     ]
@@ -433,13 +438,13 @@ def plot_folder(root: str | Path, loaded: Loaded | None = None) -> list[Path]:
         if records:
             df = best_sets(headline(cell_frame(records.values())))
             gdf = generalisation_frame(records.values())
-            studies = study(df)
-            for title, tdf in df.groupby(studies, sort=True):
+            titles = study(df)
+            for title, tdf in studies(df):
                 task_name, keys = tdf["task"].iloc[0], set(tdf["key"])
-                name = task_name
+                name = _slug(task_name)
                 boundary = None
                 if is_generalisation(tdf).any():
-                    others = sorted(set(studies[df["task"] == task_name]) - {task_name})
+                    others = sorted(set(titles[df["task"] == task_name]) - {task_name})
                     name += "_generalisation" + (f"{others.index(title)}" if len(others) > 1
                                                  else "")
                     boundary = int(tdf["length"].max())

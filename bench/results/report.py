@@ -17,6 +17,7 @@ from seqbench.results.store import (
     cell_frame,
     generalisation_frame,
     measurement_frame,
+    with_plugins,
 )
 from seqbench.results.tables import PivotTable, all_tables
 
@@ -88,6 +89,10 @@ def html_report(tables: list[PivotTable], title: str, figures: list[Path],
            f"<h1>{esc(title)}</h1>",
            "<p>Tables and figures from the stored records of this folder only.</p>"]
     shown = {k: env[k] for k in ENV_KEYS if env and env.get(k) is not None}
+    if env and env.get("plugins"):  # seqbench.registry.provenance entries
+        shown["plugins"] = "; ".join(
+            f"{p.get('kind')} {p.get('name')} ({p.get('distribution') or 'distribution unknown'}"
+            f"{' ' + p['version'] if p.get('version') else ''})" for p in env["plugins"])
     if shown:
         out.append('<dl class="env">' + "".join(
             f"<dt>{esc(k)}</dt><dd>{esc(str(v))}</dd>" for k, v in shown.items()) + "</dl>")
@@ -142,11 +147,13 @@ def write_summary(store: Store, loaded: Loaded, env: dict | None = None) -> str:
     summary.md, report.html (the same tables, plus the figures found in plots/), and
     results.parquet / measurements.parquet where pyarrow is installed.
 
-    env defaults to the environment stored in the first record (reports never re-measure).
+    env defaults to the environment stored in the first record (reports never re-measure); its
+    `plugins` lists every plug-in the records name.
     """
     if env is None:
         first = next(iter([*loaded.records.values(), *loaded.measurements.values()]), None)
         env = first.env if first is not None else {}
+    env = with_plugins(env, loaded)
     store.write_tables(loaded, env)
     tables, name = tables_of(loaded), title(store, loaded)
     text = markdown(tables, name) if tables else f"# {name}\n\nNo records.\n"

@@ -16,15 +16,18 @@ name them, the gate refuses to judge).
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from seqbench import display, registry
 from seqbench.cell.record import CellRecord, CorruptRecord, InvalidValue
 from seqbench.fileio import atomic_write
 from seqbench.measure.record import MeasureRecord
+from seqbench.strict import ConfigError
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,11 @@ def _read_json(path: Path):
         raise CorruptRecord(f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
+def _slug(name: str) -> str:
+    """A name as part of a file name (an import path's ':' is not portable)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", name)
+
+
 def _key_in_name(path: Path) -> str:
     return path.stem.rpartition("_")[2]
 
@@ -69,8 +77,8 @@ class Store:
         self.measurements = self.root / "measurements"
 
     def path_for(self, record: CellRecord) -> Path:
-        return self.cells / (f"{record.task}_{record.family}_L{record.length}_s{record.seed}_"
-                             f"{record.key}.json")
+        return self.cells / (f"{_slug(record.task)}_{_slug(record.family)}_L{record.length}_"
+                             f"s{record.seed}_{record.key}.json")
 
     def save(self, record: CellRecord) -> Path:
         path = self.path_for(record)
@@ -80,7 +88,7 @@ class Store:
     def save_measurement(self, record: MeasureRecord) -> Path:
         """Store a measurement (a new measurement of a point replaces the old)."""
         p = record.point
-        path = self.measurements / f"{p['model']}_L{p['length']}_{record.key}.json"
+        path = self.measurements / f"{_slug(p['model'])}_L{p['length']}_{record.key}.json"
         atomic_write(path, json.dumps(record.to_dict(), indent=1, sort_keys=True) + "\n")
         return path
 
@@ -115,7 +123,7 @@ class Store:
 
     def write_tables(self, loaded: Loaded, env: dict) -> None:
         """Write results.csv, generalisation.csv and measurements.csv (where there are any) and
-        env.json from the stored records."""
+        env.json (env; see with_plugins) from the stored records."""
         for name, frame in (("results.csv", cell_frame(loaded.records.values())),
                             ("generalisation.csv", generalisation_frame(loaded.records.values())),
                             ("measurements.csv", measurement_frame(loaded.measurements.values()))):
@@ -124,12 +132,64 @@ class Store:
         atomic_write(self.root / "env.json", json.dumps(env, indent=1, sort_keys=True) + "\n")
 
 
+def plugins_of(loaded: Loaded) -> list[dict]:
+    """The plug-ins the stored records name, as their env lists them (one entry each)."""
+    found = {}
+    for r in [*loaded.records.values(), *loaded.measurements.values()]:
+        for entry in r.env.get("plugins") or ():
+            if isinstance(entry, dict):
+                found.setdefault((entry.get("kind"), entry.get("name")), entry)
+    return [found[k] for k in sorted(found, key=str)]
+
+
+def with_plugins(env: dict, loaded: Loaded) -> dict:
+    """env with `plugins` listing every plug-in the stored records name (as each record's env
+    has it: seqbench.registry.provenance), whatever env held before."""
+    used = plugins_of(loaded)
+    return {k: v for k, v in env.items() if k != "plugins"} | ({"plugins": used} if used else {})
+
+
+def used_names(loaded: Loaded) -> set[tuple[str, str]]:
+    """(kind, name) of every family and task the stored records name."""
+    out = set()
+    for r in loaded.records.values():
+        out |= {("model", r.family), ("task", r.task)}
+    for m in loaded.measurements.values():
+        out |= {("model", m.point["model"]), ("task", m.point.get("task", "parity"))}
+    return out
+
+
+def check_names(loaded: Loaded, root: Path, command: str) -> None:
+    """ConfigError (exit 2) unless every family and task the records name resolves here
+    (seqbench.registry.check_resolvable, torch-free; install hints from the records and
+    env.json) and no two of them are shown under one name (their rows would merge)."""
+    hints = plugins_of(loaded)
+    try:
+        hints += json.loads((root / "env.json").read_text()).get("plugins") or []
+    except (OSError, ValueError, AttributeError):
+        pass  # no env.json (a folder of `seqbench run` records): the records' hints only
+    registry.check_resolvable(used_names(loaded), hints, command)
+    shown: dict[tuple[str, str], set[str]] = {}
+    for r in loaded.records.values():
+        shown.setdefault(("model", r.model_name), set()).add(
+            f"variant {r.variant}" if r.variant else r.family)
+        shown.setdefault(("task", r.task_name), set()).add(r.task)
+    for (kind, name), sources in sorted(shown.items()):
+        if len(sources) > 1:
+            raise ConfigError(f"{command}: {kind} name {name!r} is shown for "
+                              f"{' and '.join(sorted(sources))}; their rows would merge: give "
+                              "one of them another label")
+
+
 def row(record: CellRecord) -> dict:
-    """One tidy row: config fields flattened, scalar results, no history or gradient flow."""
+    """One tidy row: config fields flattened, scalar results, no history or gradient flow.
+    `task` and `model` are the shown names (labels; a variant's name), `family` the configured
+    family name; the display columns give their order, colour, marker and length symbol."""
     cfg = record.config
     flat = {
-        "key": record.key, "task": record.task, "model": record.model_name,
-        "family": record.family, "length": record.length, "seed": record.seed,
+        "key": record.key, **display.columns(record.model_style(), record.task_style()),
+        "variant": record.variant, "family": record.family, "length": record.length,
+        "seed": record.seed,
         "params_budget": cfg.get("params"), "device": cfg.get("device"), "hpset": record.hpset,
         **{f"train.{k}": v for k, v in sorted((cfg.get("train") or {}).items())},
         **{f"hp.{k}": v for k, v in sorted((cfg.get("hparams") or {}).items())},
@@ -139,7 +199,8 @@ def row(record: CellRecord) -> dict:
         flat |= {"generalise.train": g["train"], "generalise.samples": g["samples"],
                  "generalise.lengths": " ".join(map(str, g["lengths"]))}
     skip = {"key", "config", "key_payload", "history", "grad_flow", "env", "model_info",
-            "schema", "hpset", "variant", "ood_scores", "ood_val_scores", "ood_chance"}
+            "schema", "hpset", "variant", "ood_scores", "ood_val_scores", "ood_chance",
+            "model_display", "task_display"}
     results = {k: v for k, v in record.to_dict().items() if k not in skip}
     info = {f"info.{k}": v for k, v in sorted(record.model_info.items())}
     return flat | results | info
@@ -162,7 +223,7 @@ def generalisation_frame(records) -> pd.DataFrame:
         g = r.config.get("generalise")
         if g is None:
             continue
-        base = {"key": r.key, "task": r.task, "model": r.model_name, "hpset": r.hpset,
+        base = {"key": r.key, "task": r.task_name, "model": r.model_name, "hpset": r.hpset,
                 "seed": r.seed, "train_length": r.length, "status": r.status}
         chance = r.ood_chance or [None] * len(g["lengths"])
         rows += [base | {"length": n, "score": s, "chance": c}

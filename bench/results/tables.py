@@ -1,5 +1,7 @@
 """Comparison tables from stored records only (never re-runs training or measurement). Torch-free:
-everything a table says about a task (chance, solve threshold, score name) comes from its records.
+everything a table says about a task (chance, solve threshold, score name, the symbol and meaning
+of its length, its order) or a model (its shown name and order) comes from its records
+(seqbench.display).
 
 Accuracy, per task: models as rows, lengths as columns, mean headline score over seeds with its
 standard deviation and the best seed ("0.950 ± 0.030 (max 0.980)"), the best mean per column
@@ -28,7 +30,6 @@ import pandas as pd
 
 from seqbench.cell.record import FAILED
 
-MODEL_ORDER = ("rnn", "lstm", "gru", "tcn", "transformer", "lru")
 REFERENCE = "transformer"  # ratios are to this model, as in LRA
 
 
@@ -42,9 +43,33 @@ class PivotTable:
     best: set[tuple[str, str]]
 
 
-def _models(names) -> list[str]:
-    present = set(names)
-    return [m for m in MODEL_ORDER if m in present] + sorted(present - set(MODEL_ORDER))
+def _models(df: pd.DataFrame) -> list[str]:
+    """The models of df's rows in display order: by their family's declared order (stored in
+    the records: seqbench.display), a family before its variants, then by name."""
+    first = df.drop_duplicates("model")
+    if "model_order" not in first:  # a frame made without the display columns
+        return sorted(first["model"].tolist())
+    variant = (first["variant"].fillna("").astype(str) != "" if "variant" in first
+               else pd.Series(False, index=first.index))
+    return [m for *_, m in sorted(zip(first["model_order"].astype(int), variant,
+                                      first["model"]))]
+
+
+def length_axis(df: pd.DataFrame) -> tuple[str, str]:
+    """(symbol, meaning) of the length of df's rows, as their task declares it (copy: T, delay);
+    ("length", "length") where the rows mix tasks that name it differently."""
+    if "length_symbol" not in df:
+        return "L", "sequence length"
+    pairs = set(zip(df["length_symbol"], df["length_meaning"]))
+    return next(iter(pairs)) if len(pairs) == 1 else ("length", "length")
+
+
+def studies(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(title, rows) of each table (study()), in the tasks' declared order, then by title."""
+    groups = list(df.groupby(study(df), sort=True))
+    if "task_order" not in df:
+        return groups
+    return sorted(groups, key=lambda g: (int(g[1]["task_order"].iloc[0]), g[0]))
 
 
 def task_facts(tdf: pd.DataFrame) -> tuple[str, float, dict[int, float]]:
@@ -112,8 +137,9 @@ def study(df: pd.DataFrame) -> pd.Series:
     lg = is_generalisation(df)
     if not lg.any():
         return df["task"]
-    protocol = (" (length generalisation: " + df["generalise.train"].astype(str) + " to N, tests L="
-                + df["generalise.lengths"].astype(str).str.replace(" ", ",") + ")")
+    symbol = df["length_symbol"] if "length_symbol" in df else "L"
+    protocol = (" (length generalisation: " + df["generalise.train"].astype(str) + " to N, tests "
+                + symbol + "=" + df["generalise.lengths"].astype(str).str.replace(" ", ",") + ")")
     return df["task"].where(~lg, df["task"] + protocol)
 
 
@@ -149,14 +175,15 @@ def task_tables(df: pd.DataFrame, gdf: pd.DataFrame | None = None) -> list[Pivot
     df = headline(_with_sets(df))
     tables = []
     solved: dict[tuple[str, str], int | None] = {}
-    tested: dict[str, list[int]] = {}
-    for title, tdf in df.groupby(study(df), sort=True):
+    tested: dict[str, tuple[str, list[int]]] = {}
+    for title, tdf in studies(df):
         task_name = tdf["task"].iloc[0]
         score_name, threshold, chance = task_facts(tdf)
         lengths = sorted(tdf["length"].unique().tolist())
-        tested[title] = lengths
+        symbol, meaning = length_axis(tdf)
+        tested[title] = (symbol, lengths)
         lg = bool(is_generalisation(tdf).any())
-        axis = "N" if lg else "L"
+        axis = "N" if lg else symbol
         columns = [f"{axis}={n}" for n in lengths]
         sets = sorted(tdf["hpset"].unique().tolist())
         text, means, set_text, set_means = {}, {}, {}, {}
@@ -190,20 +217,21 @@ def task_tables(df: pd.DataFrame, gdf: pd.DataFrame | None = None) -> list[Pivot
                     f"{tdf['generalise.lengths'].iloc[0].replace(' ', ', ')} after training on "
                     f"{trained}")
         caption = (f"{task_name}: {what}, {seeds}; {chance_text(chance, lengths)}, solved at >= "
-                   f"{threshold:g}")
-        tables.append(PivotTable(title, caption, columns, _models(tdf["model"]), text,
+                   f"{threshold:g}; {symbol}: {meaning}" + (f", N: the longest training {symbol}"
+                                                            if lg else ""))
+        tables.append(PivotTable(title, caption, columns, _models(tdf), text,
                                  _best(means, columns, higher=True)))
         if lg and gdf is not None and not gdf.empty:
             tables.append(_generalisation_table(title, tdf, gdf))
         if len(sets) > 1:
-            rows = [f"{m} [{set_label(name)}]" for m in _models(tdf["model"]) for name in sets
+            rows = [f"{m} [{set_label(name)}]" for m in _models(tdf) for name in sets
                     if any(r[0] == f"{m} [{set_label(name)}]" for r in set_text)]
             caption = (f"{title} by hyper-parameter set: {score_name}, mean ± std (max) "
                        f"over {tdf['seed'].nunique()} seed(s)")
             tables.append(PivotTable(f"{title} by hyper-parameter set", caption, columns, rows,
                                      set_text, _best(set_means, columns, higher=True)))
     if tested:
-        tables.append(_solve_table(solved, tested, _models(df["model"])))
+        tables.append(_solve_table(solved, tested, _models(df)))
     return tables
 
 
@@ -214,7 +242,8 @@ def _generalisation_table(title: str, tdf: pd.DataFrame, gdf: pd.DataFrame) -> P
     rows = best_sets(tdf[tdf["length"] == n])
     tests = gdf[gdf["key"].isin(rows["key"])]
     lengths = sorted(tests["length"].unique().tolist())
-    columns = [f"N={n} (train)"] + [f"L={m}" for m in lengths]
+    symbol, meaning = length_axis(tdf)
+    columns = [f"N={n} (train)"] + [f"{symbol}={m}" for m in lengths]
     text, means = {}, {}
     for model, group in rows.groupby("model"):
         cell_text, mean = _score_text(group.assign(score=group["id_score"]))
@@ -222,27 +251,28 @@ def _generalisation_table(title: str, tdf: pd.DataFrame, gdf: pd.DataFrame) -> P
         if mean is not None:
             means[(model, columns[0])] = mean
         for m, lgroup in tests[tests["model"] == model].groupby("length"):
-            text[(model, f"L={m}")], mean = _score_text(lgroup)
+            text[(model, f"{symbol}={m}")], mean = _score_text(lgroup)
             if mean is not None:
-                means[(model, f"L={m}")] = mean
+                means[(model, f"{symbol}={m}")] = mean
     caption = (f"{title} by test length: {task_facts(tdf)[0]} at the longest "
                f"training length and at each longer test length, mean ± std (max) over "
-               f"{rows['seed'].nunique()} seed(s)")
-    return PivotTable(f"{title} by test length", caption, columns, _models(rows["model"]),
+               f"{rows['seed'].nunique()} seed(s); {symbol}: {meaning}")
+    return PivotTable(f"{title} by test length", caption, columns, _models(rows),
                       text, _best(means, columns, higher=True))
 
 
-def _solve_table(solved: dict[tuple[str, str], int | None], tested: dict[str, list[int]],
-                 models: list[str]) -> PivotTable:
-    columns = sorted(tested)
+def _solve_table(solved: dict[tuple[str, str], int | None],
+                 tested: dict[str, tuple[str, list[int]]], models: list[str]) -> PivotTable:
+    columns = list(tested)  # in the tasks' order
     text = {cell: "—" if n is None else str(n) for cell, n in solved.items()}
     lengths = {cell: n for cell, n in solved.items() if n is not None}
     caption = (
-        "solve length: per task, the longest length L whose mean score over seeds (as in the "
-        "task's table: seeds that did not fail, the best hyper-parameter set) reaches the task's "
-        "solve threshold (for a length-generalisation task, the longest training length N whose "
-        "mean over the test lengths does); — where no tested length does; lengths tested: "
-        + "; ".join(f"{t} {', '.join(map(str, tested[t]))}" for t in columns)
+        "solve length: per task, the longest length (in the task's own unit, e.g. copy's delay "
+        "T) whose mean score over seeds (as in the task's table: seeds that did not fail, the "
+        "best hyper-parameter set) reaches the task's solve threshold (for a "
+        "length-generalisation task, the longest training length N whose mean over the test "
+        "lengths does); — where no tested length does; lengths tested: "
+        + "; ".join(f"{t} {tested[t][0]}={', '.join(map(str, tested[t][1]))}" for t in columns)
     )
     return PivotTable("solve length", caption, columns, models, text,
                       _best(lengths, columns, higher=True))
@@ -271,10 +301,11 @@ def _metric_table(df: pd.DataFrame, metric: str, title: str, unit: str, higher: 
     if metric not in df or df[metric].isna().all():
         return None
     lengths = sorted(df["length"].unique().tolist())
-    columns = [f"L={n}" for n in lengths]
+    symbol = length_axis(df)[0]
+    columns = [f"{symbol}={n}" for n in lengths]
     text, values = {}, {}
     for _, r in df.iterrows():
-        cell = (r["model"], f"L={r['length']}")
+        cell = (r["model"], f"{symbol}={r['length']}")
         if r["status"] != "ok":
             text[cell] = r["status"]
             continue
@@ -284,8 +315,9 @@ def _metric_table(df: pd.DataFrame, metric: str, title: str, unit: str, higher: 
         ref = df[(df["model"] == REFERENCE) & (df["length"] == r["length"]) & (df["status"] == "ok")]
         ratio = f" ({value / ref[metric].iloc[0]:.2f}x)" if len(ref) and ref[metric].iloc[0] else ""
         text[cell], values[cell] = _si(value, unit) + ratio, value
-    caption = f"{title}; {setting}; in brackets: ratio to the {REFERENCE}"
-    return PivotTable(title, caption, columns, _models(df["model"]), text,
+    caption = (f"{title}; {setting}; in brackets: ratio to the {REFERENCE}; "
+               f"{symbol}: {length_axis(df)[1]}")
+    return PivotTable(title, caption, columns, _models(df), text,
                       _best(values, columns, higher))
 
 
@@ -320,14 +352,14 @@ def _scaling_table(df: pd.DataFrame, setting: str) -> PivotTable:
         for col, metric in zip(columns[:3], ("train_ms", "infer_ms", "saved_bytes")):
             text[(model, col)] = _fit_text(scaling(rows, metric))
         longest = mdf.sort_values("length").iloc[-1]
-        at = f" at L={longest['length']}"
+        at = f" at {length_axis(df)[0]}={longest['length']}"
         if not pd.isna(longest.get("efficiency")):
             text[(model, columns[3])] = f"{longest['efficiency']:.1%}{at}"
         if not pd.isna(longest.get("data_gen_fraction")):
             text[(model, columns[4])] = f"{longest['data_gen_fraction']:.2%}{at}"
     caption = (f"scaling with length: log-log slope (1 = linear, 2 = quadratic) and fit quality; "
                f"{setting}")
-    return PivotTable("scaling", caption, columns, _models(df["model"]), text, set())
+    return PivotTable("scaling", caption, columns, _models(df), text, set())
 
 
 def _streaming_table(df: pd.DataFrame, setting: str) -> PivotTable | None:
@@ -348,7 +380,7 @@ def _streaming_table(df: pd.DataFrame, setting: str) -> PivotTable | None:
                 values[(model, col)] = ms
     caption = ("streaming, one sequence at a time (batch 1): latency of one token at position t "
                f"and the state carried; models measured at {setting}")
-    return PivotTable("streaming", caption, columns, _models(df["model"]), text,
+    return PivotTable("streaming", caption, columns, _models(df), text,
                       _best(values, columns, higher=False))
 
 

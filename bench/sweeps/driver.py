@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from seqbench.cell.config import CellConfig
+from seqbench.cell.config import CellConfig, display_of
 from seqbench.cell.record import CellRecord
 from seqbench.env import environment
 from seqbench.measure.point import matmul_peak, measure
@@ -97,7 +97,9 @@ def run_sweep(
     worker, else a spawn-started process pool); this process saves each record (atomically) as
     soon as it arrives, so an interrupted sweep loses only the cells in flight, and whichever
     executor ran a cell, its record lands here under the same key. Each record carries the names of
-    its hyper-parameter set and variant; a stored record renamed in the sweep file is relabelled.
+    its hyper-parameter set and variant and the display metadata of its family and task; a stored
+    record renamed in the sweep file, or whose family or task now shows differently, is
+    relabelled (none of these is part of the key).
 
     Measurement points not yet stored run afterwards, one at a time in this process (timing wants
     a quiet machine) with executor.measure_threads() threads. Returns the store and a count of
@@ -109,10 +111,18 @@ def run_sweep(
     for problem in loaded.problems:
         warnings.warn(f"ignoring unusable record {problem} (its cell runs again)", stacklevel=2)
     done = loaded.records
-    labels = {cfg.key(): label for label, cfg in spec.labelled_cells()}
-    for key, record in done.items():
-        if key in labels and (record.hpset, record.variant) != labels[key]:
-            record.hpset, record.variant = labels[key]
+    cells = {cfg.key(): (label, cfg) for label, cfg in spec.labelled_cells()}
+    labels = {key: label for key, (label, _) in cells.items()}
+    for key, record in done.items():  # labels and display metadata as the sweep gives them now
+        if key not in cells:
+            continue
+        label, cfg = cells[key]
+        shown = display_of(cfg.model, cfg.task)
+        if ((record.hpset, record.variant) != label
+                or (record.model_display, record.task_display) != tuple(shown.values())):
+            record.hpset, record.variant = label
+            record.model_display = shown["model_display"]
+            record.task_display = shown["task_display"]
             store.save(record)
     todo = [c for c in spec.cells() if c.key() not in done]
     statuses: Counter = Counter()

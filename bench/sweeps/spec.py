@@ -25,9 +25,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from seqbench import display, registry
 from seqbench.cell.config import CellConfig, Generalise, TrainConfig
 from seqbench.measure.point import MeasurePoint
-from seqbench.models import FAMILIES, parse_hparams
+from seqbench.models import get_family, parse_hparams
 from seqbench.strict import ConfigError, check_choice, coerce, from_mapping, require
 from seqbench.tasks import get_task
 
@@ -122,10 +123,11 @@ class SweepSpec:
         require(HPSET_NAME.fullmatch(name) is not None, f"variants.{name}",
                 "a variant name uses letters, digits, '.', '-' and '_' only")
         v = from_mapping(Variant, self.variants[name], f"variants.{name}")
-        check_choice(f"variants.{name}.model", v.model, FAMILIES)
+        get_family(v.model, f"variants.{name}.model")
         parse_hparams(v.model, v.hparams, f"variants.{name}.hparams")
-        require(name not in FAMILIES, f"variants.{name}",
-                f"a variant must not take the name of a family ({', '.join(sorted(FAMILIES))})")
+        families = sorted(registry.names("model"))
+        require(name not in families, f"variants.{name}",
+                f"a variant must not take the name of a family ({', '.join(families)})")
         for i, task in enumerate(v.tasks or ()):
             check_choice(f"variants.{name}.tasks[{i}]", task, self.tasks)
         return v.model, v.hparams, v.tasks
@@ -173,6 +175,12 @@ class SweepSpec:
         (raises ConfigError before anything runs). Order: task, model, length, set, seed."""
         out, seen = [], {}
         models = [(model, *self.variant(model)) for model in self.models]
+        self._check_shown([(f"models[{i}]", m, m if m != f else display.shown(
+            get_family(f).display()["label"], f, registry.BUILTIN["model"]))
+            for i, (m, f, _, _) in enumerate(models)])
+        self._check_shown([(f"tasks[{i}]", t, display.shown(
+            get_task(t, f"tasks[{i}]").display()["label"], t, registry.BUILTIN["task"]))
+            for i, t in enumerate(self.tasks)])
         for task in self.tasks:
             sets = self.train_sets(task)
             generalise = self.generalise_for(task)
@@ -194,6 +202,17 @@ class SweepSpec:
                             seen[key] = model
                             out.append((Label(name, model if model != family else ""), cfg))
         return out
+
+    @staticmethod
+    def _check_shown(entries: list[tuple[str, str, str]]) -> None:
+        """ConfigError where two entries (field, name, shown name) would be shown under one name
+        in tables (a plug-in whose label is another entry's), so that their rows would merge."""
+        seen: dict[str, str] = {}
+        for where, name, shown in entries:
+            require(shown not in seen, where, f"{name} is shown as {shown!r} in tables, as is "
+                    f"{seen.get(shown)}; give one of them another label (Family.label, "
+                    "Task.label)")
+            seen[shown] = name
 
     def cells(self) -> list[CellConfig]:
         """Every cell of the grid, validated (raises ConfigError before anything runs)."""
