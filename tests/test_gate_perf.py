@@ -15,7 +15,8 @@ import pytest
 
 import seqbench.gate.perf as perf_module
 from seqbench.cli import main
-from seqbench.gate.perf import PERF_SCHEMA, compare_perf
+from seqbench.gate.perf import compare_perf
+from seqbench.gate.perfrun import PERF_SCHEMA
 from seqbench.gate.stats import mann_whitney, ratio_interval, slowdown
 from seqbench.strict import ConfigError
 

@@ -55,7 +55,7 @@ def update_baseline(current, baseline, why: str) -> dict:
                 f"{next(iter(run.impossible.values()), '')}")
         records = run.records
     if perf.is_file():
-        from seqbench.gate.perf import load_perf  # validates the file
+        from seqbench.gate.perfrun import load_perf  # validates the file
 
         load_perf(perf, "current")
     baseline.mkdir(parents=True, exist_ok=True)
