@@ -345,13 +345,13 @@ def exact_summary(result: AccuracyResult) -> str:
             f"{result.tolerances.describe()}")
 
 
-def accuracy_markdown(result: AccuracyResult, lines: list[str]) -> str:
-    lines = [*lines, f"- {exact_summary(result)}", ""]
+def exact_markdown_rows(result: AccuracyResult) -> list[str]:
+    lines = [f"- {exact_summary(result)}", ""]
     if not result.diffs:
         lines.append("No differences: every cell is identical.")
     else:
-        header = "| verdict | task | model | L | seed | baseline | current | Δ score | tolerance"
-        lines += [header + " | reason |", "|---|---|---|---:|---:|---|---|---:|---:|---|"]
+        columns = "| verdict | task | model | L | seed | baseline | current | Δ score | tolerance"
+        lines += [columns + " | reason |", "|---|---|---|---:|---:|---|---|---:|---:|---|"]
         for d in result.diffs:
             mark = f"**{d.verdict}**" if d.regression else d.verdict
             delta = "" if d.delta is None else f"{d.delta:+.3f}"
@@ -359,7 +359,7 @@ def accuracy_markdown(result: AccuracyResult, lines: list[str]) -> str:
             lines.append(f"| {mark} | {d.slot[0]} | {d.slot[1]} | {d.slot[2]} | {d.slot[3]} | "
                          f"{_score(d.baseline)} | {_score(d.current)} | {delta} | {tol} | "
                          f"{'; '.join(d.reasons)} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def accuracy_table(result: AccuracyResult) -> Table:
@@ -392,18 +392,16 @@ def gate_accuracy(baseline, current, specs: list[str], tolerance_file: str | Non
     if mode == "exact":
         result = compare_accuracy(base, cur, tolerances)
         summary, table = exact_summary(result), accuracy_table(result)
-        head = header(not result.regressions, mode, why, baseline, current, base.records,
-                      cur.records)
-        text = accuracy_markdown(result, head)
+        body = exact_markdown_rows(result)
     else:
         result = seeds.compare_seeds(base, cur, tolerances, k)
         summary, table = seeds.seeds_summary(result), seeds.seeds_table(result)
-        head = header(not result.regressions, mode, why, baseline, current, base.records,
-                      cur.records)
-        text = "\n".join([*head, f"- rule: {seeds.rule_text(tolerances, k)}",
-                          f"- {summary}", "", *seeds.seeds_markdown_rows(result)]) + "\n"
+        body = [f"- rule: {seeds.rule_text(tolerances, k)}", f"- {summary}", "",
+                *seeds.seeds_markdown_rows(result)]
+    head = header(not result.regressions, mode, why, baseline, current, base.records,
+                  cur.records)
     path = Path(markdown_path) if markdown_path else Path(current) / "gate.md"
-    atomic_write(path, text)
+    atomic_write(path, "\n".join([*head, *body]) + "\n")
     if table.row_count:
         console.print(table)
     n_reg = len(result.regressions)
