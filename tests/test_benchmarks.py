@@ -1,20 +1,19 @@
-"""Microbenchmarks (pytest-benchmark): each model's training step and inference forward at a few
-small lengths, and every task's batch generation.
+"""Benchmarks of the costs around a training step (pytest-benchmark), not of the step itself: the
+training step's speed is measured by `seqbench measure` and regression-gated by `seqbench gate
+--perf` (one system for it, with interleaving, calibration and a test); these check the suite's
+own overheads against their bars.
 
 In the normal test run they are disabled (`--benchmark-disable` in pyproject's addopts): each body
-runs once, a quick smoke check. `tox -e bench` enables them with warm-up and saves the results to
-.benchmarks/; compare with a saved run through posargs, e.g.
-`tox -e bench -- --benchmark-compare --benchmark-compare-fail=median:25%`.
-Sequence length, tokens per call and (for training) the bytes saved for backward go into each
-result's extra_info.
+runs once, a quick smoke check. `tox -e bench` enables them (saved under .benchmarks/).
 
-test_sampler_cost checks the suite's bar on data generation: at every length a preset trains a task
-at (dyck aside), drawing a batch of 32 costs under 2% of an LSTM training step (20K parameters,
-forward, backward and AdamW, one thread), both timed with seqbench.measure.timing.time_blocks in short blocks,
-the two in turn for a few seconds: each figure is the fastest block, so that load from other
-processes on a shared machine, which only ever adds time, counts in neither.
-Where a sampler was rewritten, the old one (tests/reference_samplers.py) is timed too. Each result's extra_info
-holds the times, the fraction and the speed-up, and `-s` prints them as one table per run:
+test_sampler_cost checks the bar on data generation: at every length a preset trains a task at,
+drawing the training batches costs under 2% of an LSTM training step (20K parameters, forward,
+backward, clipping and fused AdamW, one thread) per step, both timed with
+seqbench.measure.timing.time_blocks in short blocks, in turn for a few seconds: each figure is the
+fastest block, so that load from other processes on a shared machine, which only ever adds time,
+counts in neither. The per-batch cost before (one sampler call per step, with the old sampler
+where one was rewritten: tests/reference_samplers.py) is timed in the same run. Each result's
+extra_info holds the times, the fraction and the speed-up, and `-s` prints them as one table:
 `pytest tests/test_benchmarks.py -k sampler_cost --benchmark-enable -s`.
 """
 from __future__ import annotations
@@ -26,69 +25,12 @@ import pytest
 import torch
 from reference_samplers import REFERENCES
 
-from seqbench.measure.memory import saved_bytes
 from seqbench.measure.point import Harness, MeasurePoint
 from seqbench.measure.timing import time_blocks
-from seqbench.models import FAMILIES
-from seqbench.strict import ConfigError
 from seqbench.sweeps.spec import PRESETS, preset
-from seqbench.tasks import TASKS, get_task
+from seqbench.tasks import get_task
 
 pytestmark = pytest.mark.benchmark
-
-LENGTHS = (16, 64, 256)
-BATCH = 16
-PARAMS = 20_000
-
-
-def harness(model: str, length: int) -> Harness:
-    h = Harness(MeasurePoint(model=model, length=length, batch_size=BATCH, params=PARAMS))
-    h.train_step()  # optimiser state exists from here on, as in seqbench.measure.point
-    return h
-
-
-@pytest.mark.parametrize("length", LENGTHS)
-@pytest.mark.parametrize("model", sorted(FAMILIES))
-def test_train_step(benchmark, model, length):
-    h = harness(model, length)
-    benchmark.group = f"train L={length}"
-    h.opt.zero_grad(set_to_none=True)
-    benchmark.extra_info |= {
-        "model": model, "seq_len": h.seq_len, "batch_size": BATCH,
-        "tokens": BATCH * h.seq_len,
-        "saved_bytes": saved_bytes(h.forward_backward, list(h.model.parameters())),
-    }
-    h.opt.zero_grad(set_to_none=True)
-    benchmark(h.train_step)
-    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in h.model.parameters())
-
-
-@pytest.mark.parametrize("length", LENGTHS)
-@pytest.mark.parametrize("model", sorted(FAMILIES))
-def test_inference(benchmark, model, length):
-    h = harness(model, length)
-    h.model.eval()
-    benchmark.group = f"infer L={length}"
-    benchmark.extra_info |= {"model": model, "seq_len": h.seq_len, "batch_size": BATCH,
-                             "tokens": BATCH * h.seq_len}
-    benchmark(h.infer_step)
-
-
-@pytest.mark.parametrize("length", LENGTHS)
-@pytest.mark.parametrize("name", sorted(TASKS))
-def test_batch_generation(benchmark, name, length):
-    task = get_task(name)
-    try:
-        task.check_length(length)
-    except ConfigError as exc:  # assoc_recall has at most 128 pairs
-        pytest.skip(f"{name} does not take length {length}: {exc}")
-    gen = torch.Generator().manual_seed(0)
-    benchmark.group = f"data L={length}"
-    benchmark.extra_info |= {"task": name, "seq_len": task.seq_len(length),
-                             "batch_size": BATCH}
-    batch = benchmark(task.sample, length, BATCH, gen, "cpu")
-    assert batch.inputs.shape[:2] == (BATCH, task.seq_len(length))
-
 
 # --- data generation against the training step -------------------------------------------------
 

@@ -10,9 +10,17 @@ current run is a regression; a new cell is reported, never a failure. Unusable i
 message naming the problem: a folder without cell records, a file that is not a trustworthy record
 (named with its path and reason), a record whose plug-in family or task is not installed here
 (named, with the distribution to install), no cell in common, or the same (task, model, length,
-seed) stored under different task or model definition versions (the definition changed: the two
-runs are incomparable, and the baseline has to be regenerated). On CPU the same seed and thread count give
-identical scores, so the seeded smoke sweep is gated exactly (results/baseline/ holds its records).
+seed) stored under different task or model definition versions or training protocols (the
+definition changed: the two runs are incomparable, and the baseline has to be regenerated).
+
+Mode. A seed trains to the same bits only on the same kernel path (seqbench.env.KERNEL_PATH: device,
+torch, threads, CPU capability, ISA caps, CPU vendor and flags, BLAS and oneDNN builds, GPU and its
+numerics flags). When every record of both runs has the same path, the comparison is exact, cell by
+cell (the rule above; it also counts cells whose score is unchanged but whose loss trajectory is
+not, which on the same path means nondeterminism or a numerics change). When the paths differ (or
+a run mixes paths, or a record does not say its path), cell-by-cell differences measure the
+machine, so cells are compared as seed groups against the spread between seeds
+(seqbench.gate.seeds). `--mode exact|seeds` forces either; the report says which mode ran and why.
 """
 from __future__ import annotations
 
@@ -26,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from seqbench.cell.record import FAILED, CellRecord
+from seqbench.env import KERNEL_PATH, kernel_path
 from seqbench.fileio import atomic_write
 from seqbench.results.store import Problem, Store, check_names
 from seqbench.strict import ConfigError, check_choice, require
@@ -185,6 +194,7 @@ class AccuracyResult:
     compared: int
     identical: int
     tolerances: Tolerances
+    other_trajectory: int = 0  # identical score and status, other losses (see same_trajectory)
 
     @property
     def regressions(self) -> list[CellDiff]:
@@ -225,6 +235,12 @@ def compare_cell(b: CellRecord, c: CellRecord, tol: float) -> CellDiff:
 
 
 ORDER = ("regression", "missing", "within tolerance", "changed", "improved", "new")
+TRAJECTORY = ("steps", "train_loss", "val_loss", "test_loss", "history")
+
+
+def same_trajectory(b: CellRecord, c: CellRecord) -> bool:
+    """Whether two records of a cell trained through the same losses (bit for bit)."""
+    return all(getattr(b, name) == getattr(c, name) for name in TRAJECTORY)
 
 
 def compare_accuracy(base: Run, cur: Run, tolerances: Tolerances) -> AccuracyResult:
@@ -232,7 +248,7 @@ def compare_accuracy(base: Run, cur: Run, tolerances: Tolerances) -> AccuracyRes
     whose stored score is impossible regresses its baseline cell."""
     cur_keys = set(cur.records) | set(cur.impossible)
     check_comparable(base.records, cur.records, cur_keys)
-    diffs, identical = [], 0
+    diffs, identical, other_trajectory = [], 0, 0
     for key in sorted(set(base.records) | set(cur.records)):
         b, c = base.records.get(key), cur.records.get(key)
         if c is None and key in cur.impossible:
@@ -246,11 +262,67 @@ def compare_accuracy(base: Run, cur: Run, tolerances: Tolerances) -> AccuracyRes
             d = compare_cell(b, c, tolerances(b.task))
             if d.verdict == "same":
                 identical += 1
+                other_trajectory += not same_trajectory(b, c)
             else:
                 diffs.append(d)
     diffs.sort(key=lambda d: (ORDER.index(d.verdict), d.slot, d.key))
     compared = len(set(base.records) & cur_keys)
-    return AccuracyResult(diffs, compared, identical, tolerances)
+    return AccuracyResult(diffs, compared, identical, tolerances, other_trajectory)
+
+
+# --------------------------------------------------------------------------------------------
+# mode: exact on the same kernel path, seed groups otherwise
+
+MODES = ("auto", "exact", "seeds")
+
+
+def _paths(records: dict[str, CellRecord]) -> list[dict]:
+    seen = {}
+    for r in records.values():
+        path = kernel_path(r.env)
+        seen.setdefault(repr(sorted(path.items())), path)
+    return list(seen.values())
+
+
+def _value(v) -> str:
+    if v is None:
+        return "not recorded"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={x}" for k, x in sorted(v.items())) or "none"
+    if isinstance(v, list):
+        return " ".join(map(str, v)) or "none"
+    return str(v)
+
+
+def describe_path(path: dict) -> str:
+    """The fields that say most about a CPU path, and the GPU where there is one."""
+    parts = [f"{name} {_value(path[name])}" for name in (
+        "device", "cpu_capability", "isa_caps", "threads", "torch", "blas", "blas_version",
+        "onednn") if path.get(name) is not None or name in ("cpu_capability", "isa_caps")]
+    if path.get("gpu"):
+        parts.append(f"gpu {path['gpu']} ({path.get('gpu_capability')})")
+    return ", ".join(parts)
+
+
+def path_differences(a: dict, b: dict) -> str:
+    return "; ".join(f"{name} {_value(a.get(name))} -> {_value(b.get(name))}"
+                     for name in KERNEL_PATH if a.get(name) != b.get(name))
+
+
+def choose_mode(base: dict[str, CellRecord], cur: dict[str, CellRecord],
+                requested: str = "auto") -> tuple[str, str]:
+    """("exact" or "seeds", why): exact when every record of both runs has one kernel path."""
+    check_choice("--mode", requested, MODES)
+    bp, cp = _paths(base), _paths(cur)
+    if len(bp) > 1 or len(cp) > 1:
+        facts = (f"the {'baseline' if len(bp) > 1 else 'current run'} mixes "
+                 f"{max(len(bp), len(cp))} kernel paths")
+    elif bp == cp:
+        facts = f"same kernel path: {describe_path(bp[0])}"
+    else:
+        facts = f"kernel paths differ: {path_differences(bp[0], cp[0])}"
+    mode = requested if requested != "auto" else ("exact" if facts.startswith("same") else "seeds")
+    return mode, (f"--mode {requested}; " if requested != "auto" else "") + facts
 
 
 def _env_line(records: dict[str, CellRecord]) -> str:
@@ -262,23 +334,31 @@ def _env_line(records: dict[str, CellRecord]) -> str:
     return f"torch {values('torch')}, threads {values('threads')}, commit {values('git_commit', 12)}"
 
 
-def accuracy_markdown(result: AccuracyResult, base_dir, cur_dir, base, cur) -> str:
-    ok = not result.regressions
-    lines = [
-        f"# seqbench accuracy gate: {'PASS' if ok else 'FAIL'}", "",
-        f"- baseline `{base_dir}`: {len(base)} cells ({_env_line(base)})",
-        f"- current `{cur_dir}`: {len(cur)} cells ({_env_line(cur)})",
-        (f"- compared {result.compared} cells by key: {result.identical} identical, "
-         f"{result.count('regression')} regressed, {result.count('missing')} missing, "
-         f"{result.count('new')} new; tolerance (absolute score drop) "
-         f"{result.tolerances.describe()}"),
-    ]
-    lines.append("")
+TITLES = {"exact": "exact, cell by cell", "seeds": "seed groups"}
+
+
+def header(ok: bool, mode: str, why: str, base_dir, cur_dir, base, cur) -> list[str]:
+    return [f"# seqbench accuracy gate: {'PASS' if ok else 'FAIL'}", "",
+            f"- mode: **{TITLES[mode]}** ({why})",
+            f"- baseline `{base_dir}`: {len(base)} cells ({_env_line(base)})",
+            f"- current `{cur_dir}`: {len(cur)} cells ({_env_line(cur)})"]
+
+
+def exact_summary(result: AccuracyResult) -> str:
+    return (f"compared {result.compared} cells by key: {result.identical} identical "
+            f"({result.other_trajectory} of them with another loss trajectory), "
+            f"{result.count('regression')} regressed, {result.count('missing')} missing, "
+            f"{result.count('new')} new; tolerance (absolute score drop) "
+            f"{result.tolerances.describe()}")
+
+
+def exact_markdown_rows(result: AccuracyResult) -> list[str]:
+    lines = [f"- {exact_summary(result)}", ""]
     if not result.diffs:
         lines.append("No differences: every cell is identical.")
     else:
-        header = "| verdict | task | model | L | seed | baseline | current | Δ score | tolerance"
-        lines += [header + " | reason |", "|---|---|---|---:|---:|---|---|---:|---:|---|"]
+        columns = "| verdict | task | model | L | seed | baseline | current | Δ score | tolerance"
+        lines += [columns + " | reason |", "|---|---|---|---:|---:|---|---|---:|---:|---|"]
         for d in result.diffs:
             mark = f"**{d.verdict}**" if d.regression else d.verdict
             delta = "" if d.delta is None else f"{d.delta:+.3f}"
@@ -286,7 +366,7 @@ def accuracy_markdown(result: AccuracyResult, base_dir, cur_dir, base, cur) -> s
             lines.append(f"| {mark} | {d.slot[0]} | {d.slot[1]} | {d.slot[2]} | {d.slot[3]} | "
                          f"{_score(d.baseline)} | {_score(d.current)} | {delta} | {tol} | "
                          f"{'; '.join(d.reasons)} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def accuracy_table(result: AccuracyResult) -> Table:
@@ -305,23 +385,36 @@ def accuracy_table(result: AccuracyResult) -> Table:
 
 
 def gate_accuracy(baseline, current, specs: list[str], tolerance_file: str | None = None,
-                  markdown_path=None) -> int:
-    """`seqbench gate --baseline B --current C`: compare, print, write the Markdown report."""
+                  markdown_path=None, mode: str = "auto", spread_k: float | None = None) -> int:
+    """`seqbench gate --baseline B --current C`: choose the mode, compare, print, write the
+    Markdown report."""
+    from seqbench.gate import seeds
+
+    k = seeds.DEFAULT_SPREAD_K if spread_k is None else spread_k
+    require(math.isfinite(k) and k >= 0, "--spread-k", f"must be a number >= 0, got {k}")
     base, cur = load_run(baseline, "baseline"), load_run(current, "current")
     tasks = {r.task for run in (base, cur) for r in run.records.values()}
     tolerances = parse_tolerances(specs, tolerance_file, tasks)
-    result = compare_accuracy(base, cur, tolerances)
-    text = accuracy_markdown(result, baseline, current, base.records, cur.records)
+    mode, why = choose_mode(base.records, cur.records, mode)
+    if mode == "exact":
+        result = compare_accuracy(base, cur, tolerances)
+        summary, table = exact_summary(result), accuracy_table(result)
+        body = exact_markdown_rows(result)
+    else:
+        result = seeds.compare_seeds(base, cur, tolerances, k)
+        summary, table = seeds.seeds_summary(result), seeds.seeds_table(result)
+        body = [f"- rule: {seeds.rule_text(tolerances, k)}", f"- {summary}", "",
+                *seeds.seeds_markdown_rows(result)]
+    head = header(not result.regressions, mode, why, baseline, current, base.records,
+                  cur.records)
     path = Path(markdown_path) if markdown_path else Path(current) / "gate.md"
-    atomic_write(path, text)
-    if result.diffs:
-        console.print(accuracy_table(result))
+    atomic_write(path, "\n".join([*head, *body]) + "\n")
+    if table.row_count:
+        console.print(table)
     n_reg = len(result.regressions)
     verdict = "[bold red]FAIL[/]" if n_reg else "[bold green]PASS[/]"
-    console.print(
-        f"accuracy gate {verdict}: {result.compared} cells compared, {result.identical} identical, "
-        f"{result.count('regression')} regressed, {result.count('missing')} missing, "
-        f"{result.count('new')} new (tolerance {tolerances.describe()}); markdown: {path}")
+    console.print(f"accuracy gate {verdict}, mode {TITLES[mode]} ({why})", highlight=False)
+    console.print(f"{summary}; markdown: {path}", highlight=False)
     return 1 if n_reg else 0
 
 

@@ -14,9 +14,9 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
-from seqbench.env import CODE, git
+from seqbench.env import CODE, git, kernel_path
 from seqbench.fileio import atomic_write
-from seqbench.gate.accuracy import load_run
+from seqbench.gate.accuracy import describe_path, load_run
 from seqbench.strict import ConfigError, require
 
 COPIED = ("env.json", "results.csv", "summary.md")
@@ -55,7 +55,7 @@ def update_baseline(current, baseline, why: str) -> dict:
                 f"{next(iter(run.impossible.values()), '')}")
         records = run.records
     if perf.is_file():
-        from seqbench.gate.perf import load_perf  # validates the file
+        from seqbench.gate.perfrun import load_perf  # validates the file
 
         load_perf(perf, "current")
     baseline.mkdir(parents=True, exist_ok=True)
@@ -98,6 +98,7 @@ def update_baseline(current, baseline, why: str) -> dict:
             "torch": sorted({str(e.get("torch")) for e in envs}),
             "threads": sorted({e.get("threads") for e in envs if e.get("threads") is not None}),
             "cpu_capability": sorted({str(e.get("cpu_capability")) for e in envs}),
+            "kernel_paths": sorted({describe_path(kernel_path(e)) for e in envs}),
         },
         "why": why.strip(),
         "when": datetime.now(UTC).isoformat(timespec="seconds"),

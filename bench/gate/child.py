@@ -16,7 +16,7 @@ import sys
 import torch
 
 import seqbench
-from seqbench.gate.perf import MARK
+from seqbench.gate.perfrun import MARK
 from seqbench.measure.point import Harness, MeasurePoint
 from seqbench.measure.timing import time_blocks
 

@@ -8,7 +8,7 @@ import dataclasses
 from rich.console import Console
 
 from seqbench.gate.accuracy import DEFAULT_TOLERANCE
-from seqbench.gate.perf import PerfSettings
+from seqbench.gate.perfrun import PerfSettings
 from seqbench.gate.stats import DEFAULT_ALPHA, DEFAULT_MEMORY_TOLERANCE, DEFAULT_THRESHOLD
 from seqbench.options import add_threads, comma_list
 from seqbench.strict import parse_count, require
@@ -28,6 +28,13 @@ def configure(g: argparse.ArgumentParser) -> None:
                    help=f"allowed absolute score drop (default {DEFAULT_TOLERANCE}), per task "
                    "with TASK=X; repeatable")
     g.add_argument("--tolerance-file", help="TOML: default = 0.02, parity = 0.05, ...")
+    g.add_argument("--mode", default="auto", choices=("auto", "exact", "seeds"),
+                   help="accuracy: exact (cell by cell), seeds (seed groups against the spread "
+                   "between seeds) or auto (default): exact when both runs have the same kernel "
+                   "path")
+    g.add_argument("--spread-k", type=float, default=None, metavar="K",
+                   help="seed groups: allowed mean drop = max(tolerance, K x pooled between-seed "
+                   "std x sqrt(1/n_b + 1/n_c)) (default 6)")
     g.add_argument("--markdown", help="Markdown report path (default CURRENT/gate.md, "
                    "perf: CURRENT/gate-perf.md)")
     g.add_argument("--update-baseline", action="store_true",
@@ -105,4 +112,4 @@ def cmd_gate(args) -> int:
     from seqbench.gate.accuracy import gate_accuracy
 
     return gate_accuracy(args.baseline, args.current, args.tolerance, args.tolerance_file,
-                         args.markdown)
+                         args.markdown, args.mode, args.spread_k)
