@@ -17,10 +17,17 @@ from typing import Any
 from seqbench.strict import stable_key
 
 SCHEMA = 2
-STATUSES = ("solved", "budget", "diverged", "oom", "error")
-FAILED = ("diverged", "oom", "error")
+STATUSES = ("solved", "budget", "diverged", "oom", "error", "timeout")
+FAILED = ("diverged", "oom", "error", "timeout")
+# Failures of the run rather than results: a sweep runs such a cell again (seqbench.sweeps.driver),
+# keeping each earlier attempt in the record's `attempts`. `diverged` is a result (a deterministic
+# run that diverges again), so it is kept.
+RETRIED = ("oom", "error", "timeout")
+GIVE_UP = 3  # identical failures in a row after which a sweep stops retrying a cell
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # a set or variant name (or "")
 KEY = re.compile(r"[0-9a-f]{16}")
+TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")  # an attempt's time, UTC
+ATTEMPT = ("status", "error", "time")  # the fields of one entry of CellRecord.attempts
 
 
 class CorruptRecord(ValueError):
@@ -75,6 +82,10 @@ class CellRecord:
     ood_scores: list = field(default_factory=list)
     ood_score: float | None = None
     ood_chance: list = field(default_factory=list)  # chance at each test length
+    # earlier failed attempts of this cell, oldest first, each {"status": one of RETRIED, "error":
+    # its message or null, "time": when it was stored, "YYYY-MM-DDTHH:MM:SSZ"}; the record itself
+    # is the latest attempt
+    attempts: list = field(default_factory=list)
     schema: int = SCHEMA
 
     # ---- what tables need, without the config classes
@@ -139,6 +150,48 @@ class CellRecord:
             _score(name, getattr(self, name))
         for i, value in enumerate(self.ood_scores):
             _score(f"ood_scores[{i}]", value)
+        if self.status in ("solved", "budget"):  # a finished run was scored
+            name = "ood_score" if self.config.get("generalise") else "score"
+            if getattr(self, name) is None:
+                raise InvalidValue(f"{name} missing from a record with status {self.status!r}")
+        for i, attempt in enumerate(self.attempts):
+            _check_attempt(f"attempts[{i}]", attempt)
+
+    def identical_failures(self) -> int:
+        """How many attempts in a row, ending with this record, failed the same way (same status
+        and same last line of the error, where a traceback ends): 0 unless this one failed with a
+        status of RETRIED."""
+        if self.status not in RETRIED:
+            return 0
+        same = _failure(self.status, self.error)
+        n = 1
+        for attempt in reversed(self.attempts):
+            if _failure(attempt["status"], attempt["error"]) != same:
+                break
+            n += 1
+        return n
+
+    def as_attempt(self, time: str) -> dict:
+        """This (failed) record as an entry of a later record's attempts, stored at `time`."""
+        return {"status": self.status, "error": self.error, "time": time}
+
+
+def _failure(status: str, error: str | None) -> tuple[str, str]:
+    lines = (error or "").strip().splitlines()
+    return status, lines[-1] if lines else ""
+
+
+def _check_attempt(name: str, attempt: Any) -> None:
+    if not isinstance(attempt, dict) or sorted(attempt) != sorted(ATTEMPT):
+        raise CorruptRecord(f"{name}: expected an object with exactly {', '.join(ATTEMPT)}")
+    if attempt["status"] not in RETRIED:
+        raise CorruptRecord(f"{name}.status {attempt['status']!r} is not one of "
+                            f"{', '.join(RETRIED)}")
+    if not (attempt["error"] is None or isinstance(attempt["error"], str)):
+        raise CorruptRecord(f"{name}.error: expected a string or null")
+    if not (isinstance(attempt["time"], str) and TIME.fullmatch(attempt["time"])):
+        raise CorruptRecord(f"{name}.time: expected YYYY-MM-DDTHH:MM:SSZ, got "
+                            f"{attempt['time']!r:.40}")
 
 
 def _score(name: str, value: Any) -> None:

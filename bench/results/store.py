@@ -16,6 +16,8 @@ name them, the gate refuses to judge).
 from __future__ import annotations
 
 import json
+import re
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from seqbench.cell.record import CellRecord, CorruptRecord, InvalidValue
-from seqbench.fileio import atomic_write
+from seqbench.fileio import atomic_write, stale_temporaries
 from seqbench.measure.record import MeasureRecord
 
 
@@ -38,6 +40,15 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
+
+    @property
+    def cell(self) -> tuple[str, str, int, int] | None:
+        """(task, family, length, seed) of a cell record's file, from its name (the store's naming
+        scheme), or None for another file; the untrusted content is never read for this."""
+        match = CELL_NAME.fullmatch(self.path.stem)
+        if self.path.parent.name != "cells" or match is None:
+            return None
+        return match["task"], match["family"], int(match["length"]), int(match["seed"])
 
 
 @dataclass
@@ -58,6 +69,12 @@ def _read_json(path: Path):
         raise CorruptRecord(f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
+# cells/<task>_<family>_L<length>_s<seed>_<key>.json; family names have no underscore
+CELL_NAME = re.compile(r"(?P<task>.+)_(?P<family>[^_]+)_L(?P<length>\d+)_s(?P<seed>\d+)_"
+                       r"(?P<key>[0-9a-f]{16})")
+TEMPORARY_MAX_AGE_S = 600  # an atomic write lasts milliseconds; older temporaries are orphans
+
+
 def _key_in_name(path: Path) -> str:
     return path.stem.rpartition("_")[2]
 
@@ -69,8 +86,36 @@ class Store:
         self.measurements = self.root / "measurements"
 
     def path_for(self, record: CellRecord) -> Path:
-        return self.cells / (f"{record.task}_{record.family}_L{record.length}_s{record.seed}_"
-                             f"{record.key}.json")
+        return self.cell_path(record.task, record.family, record.length, record.seed, record.key)
+
+    def cell_path(self, task: str, family: str, length: int, seed: int, key: str) -> Path:
+        """Where the record of a cell is stored."""
+        return self.cells / f"{task}_{family}_L{length}_s{seed}_{key}.json"
+
+    def read_cell(self, path: Path) -> CellRecord | None:
+        """The trustworthy record stored at path, or None (absent or unusable): one cell's view
+        of read(), for a driver checking whether another driver has stored a cell meanwhile."""
+        try:
+            record = CellRecord.from_dict(_read_json(path))
+        except (OSError, CorruptRecord):
+            return None
+        return record if _key_in_name(path) == record.key else None
+
+    def remove_stale_temporaries(self, max_age_s: float = TEMPORARY_MAX_AGE_S) -> list[Path]:
+        """Delete the temporary files (seqbench.fileio.atomic's `.NAME.*.tmp`) that writers killed
+        mid-write left here, once older than max_age_s: a live writer (this or another driver)
+        holds its temporary for milliseconds, so a younger one is never touched. Returns them."""
+        removed = []
+        now = time.time()
+        for folder in (self.root, self.cells, self.measurements):
+            for path in stale_temporaries(folder):
+                try:
+                    if now - path.stat().st_mtime > max_age_s:
+                        path.unlink()
+                        removed.append(path)
+                except FileNotFoundError:  # renamed or removed by its writer meanwhile
+                    continue
+        return removed
 
     def save(self, record: CellRecord) -> Path:
         path = self.path_for(record)
