@@ -81,8 +81,9 @@ class Generalise:
     def validate(self, where: str) -> None:
         p = f"{where}." if where else ""
         check_choice(p + "train", self.train, TRAIN_LENGTHS)
-        require(1 <= self.samples <= MAX_EVAL_SAMPLES, p + "samples",
-                f"must be in 1..{MAX_EVAL_SAMPLES:,}, got {self.samples:,}")
+        require(self.samples >= 1, p + "samples", f"must be >= 1, got {self.samples}")
+        require(self.samples <= MAX_EVAL_SAMPLES, p + "samples",
+                f"must be <= {MAX_EVAL_SAMPLES:,}, got {self.samples:,}")
         require(list(self.lengths) == sorted(set(self.lengths)), p + "lengths",
                 f"must be strictly increasing, got {list(self.lengths)}")
 
@@ -112,8 +113,9 @@ class CellConfig:
         task.check_length(self.length)
         _check_seq_len(task, self.length, "length")
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
-        require(100 <= self.params <= MAX_PARAMS, "params",
-                f"must be in 100..{MAX_PARAMS:,}, got {self.params:,}")
+        require(self.params >= 100, "params", f"must be >= 100, got {self.params}")
+        require(self.params <= MAX_PARAMS, "params",
+                f"must be <= {MAX_PARAMS:,}, got {self.params:,}")
         check_choice("device", self.device, DEVICES)
         if type(self.hparams) is not family.hparams:
             object.__setattr__(self, "hparams", parse_hparams(self.model, self.hparams))

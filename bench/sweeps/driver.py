@@ -194,8 +194,8 @@ def run_sweep(
         while pending := [cfg for _, cfg in targets if not settled(cfg)]:
             free = [cfg for cfg in pending if not claims.held_elsewhere(cfg.key())]
             ran = 0
-            with closing(executor.run(free, acquire) if free else iter(())) as records:
-                for record in records:
+            with closing(executor.run(free, acquire)) as records:
+                for record in records if free else ():
                     _save(store, record, prior.get(record.key), labels)
                     claims.release(record.key)
                     statuses[record.status] += 1
