@@ -142,12 +142,6 @@ class Claims:
                 return False
         return time.time() - st.st_mtime <= self.stale_s
 
-    def tidy(self) -> int:
-        """Remove every dead claim and recover marker; returns how many claims went."""
-        for marker in self.folder.glob("*.claim.recover"):
-            self._drop_stale_marker(marker)
-        return sum(self._recover(path) for path in sorted(self.folder.glob("*.claim")))
-
     def _recover(self, path: Path) -> bool:
         """Delete path if its claim is dead (or report it gone): True if it may be claimed now."""
         state = self.live(path)

@@ -1,7 +1,7 @@
 """Preflight: before any cell of a sweep runs, estimate each cell's memory and refuse a sweep with a
 cell that cannot fit the machine, naming the field to change (seqbench sweep --force skips it).
 
-The estimate is a lower bound on a training step's peak, the sum of:
+The estimate covers the terms that dominate a training step's peak:
 
 * parameters: 16 bytes per parameter of the budget (fp32 weights, gradients and AdamW's two
   moment buffers, torch.optim.AdamW);
@@ -17,12 +17,14 @@ The estimate is a lower bound on a training step's peak, the sum of:
   (inputs, targets, mask), plus, for length generalisation, `samples` sequences at the longest test
   length; and the outputs of one evaluation chunk (EVAL_CHUNK sequences x steps x outputs, fp32).
 
-It leaves out allocator overhead, backend workspaces (oneDNN, cuDNN), gradient buffers during the
-backward pass and the CUDA context, so the real peak is higher: a refused cell cannot fit; a passed
-cell can still end as `oom`. The limit is this machine's available memory (MemAvailable, or the
-cgroup's remaining limit where lower) for CPU cells, and the smallest visible GPU's total memory
-for CUDA cells (none where no GPU is visible here, as for a Ray cluster's: then only the config's
-bounds apply, seqbench.cell.config).
+The activation fit comes within 20% of the bytes autograd saves for the real batch
+(tests/test_hardening.py: above it only for the LRU, whose parallel scan grows as n log n). The
+estimate leaves out allocator overhead, backend workspaces (oneDNN, cuDNN), gradient buffers during
+the backward pass and the CUDA context, so the real peak is higher: a refused cell cannot fit (up
+to the fit's error); a passed cell can still end as `oom`. The limit is this machine's available memory (MemAvailable, or
+the cgroup's remaining limit where lower) for CPU cells, and the smallest visible GPU's total memory
+for CUDA cells. The driver checks only cells that run here (the local executor): a Ray cluster's
+nodes are not this machine, and there only the config's bounds apply (seqbench.cell.config).
 """
 from __future__ import annotations
 
@@ -44,8 +46,8 @@ PARAMETERS, ACTIVATIONS, HELD_OUT = "parameters and AdamW state", "activations",
 
 @dataclass(frozen=True)
 class Estimate:
-    """A cell's memory lower bound, by part (bytes); parts after one that already exceeds the
-    limit are not computed (they would only cost time)."""
+    """A cell's memory estimate, by part (bytes); parts after one that already exceeds the limit
+    are not computed (they would only cost time)."""
 
     parts: dict[str, float]
 
@@ -66,7 +68,7 @@ def size(n: float) -> str:
 
 
 def estimate(cfg: CellConfig, limit: float = math.inf) -> Estimate:
-    """The lower bound of the module docstring for one cell (stops adding parts above limit)."""
+    """The estimate of the module docstring for one cell (stops adding parts above limit)."""
     from seqbench.cell.train import EVAL_CHUNK
 
     task = get_task(cfg.task)
