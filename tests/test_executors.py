@@ -178,7 +178,7 @@ def test_a_cell_that_kills_its_worker_gets_an_error_record(monkeypatch):
     good, bad, other = spec.cells()[:3]
     passes = []
 
-    def fake_pool(self, pending, workers, gpus):
+    def fake_pool(self, pending, workers, gpus, acquire):
         passes.append([c.key() for c in pending])
         if len(passes) == 1:  # the first pass breaks with good and bad in flight
             pending.popleft(), pending.popleft()

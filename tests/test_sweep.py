@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+from importlib import resources
 from pathlib import Path
 
 import pandas as pd
@@ -29,11 +30,25 @@ from seqbench.sweeps.spec import PRESETS, load_spec, preset
 from seqbench.tasks import TASKS
 
 
+@pytest.fixture(scope="session")
+def smoke_file(tmp_path_factory) -> Path:
+    """The smoke preset at one seed (its other four seeds, there for the gate, only repeat)."""
+    text = resources.files("seqbench.sweeps").joinpath("presets", "smoke.toml").read_text()
+    assert "seeds = [0, 1, 2, 3, 4]" in text
+    path = tmp_path_factory.mktemp("spec") / "smoke.toml"
+    path.write_text(text.replace("seeds = [0, 1, 2, 3, 4]", "seeds = [0]"))
+    return path
+
+
+def smoke_spec(smoke_file: Path):
+    return load_spec(smoke_file.read_text(), "smoke at one seed")
+
+
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory) -> Path:
-    """The smoke preset, run once through the CLI (default workers) for the whole module."""
+def smoke(tmp_path_factory, smoke_file) -> Path:
+    """The one-seed smoke sweep, run once through the CLI (default workers) for the module."""
     root = tmp_path_factory.mktemp("results")
-    assert main(["sweep", "--preset", "smoke", "--out", str(root)]) == 0
+    assert main(["sweep", "--config", str(smoke_file), "--out", str(root)]) == 0
     return root / "smoke"
 
 
@@ -43,16 +58,16 @@ def smoke_copy(smoke, tmp_path) -> Path:
     return Path(shutil.copytree(smoke, tmp_path / "results" / "smoke"))
 
 
-def rerun_smoke(folder: Path) -> int:
-    return main(["sweep", "--preset", "smoke", "--out", str(folder.parent)])
+def rerun_smoke(folder: Path, smoke_file: Path) -> int:
+    return main(["sweep", "--config", str(smoke_file), "--out", str(folder.parent)])
 
 
 def mtimes(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in (folder / "cells").iterdir()}
 
 
-def test_smoke_sweep_writes_every_cell_and_table(smoke):
-    cells = preset("smoke").cells()
+def test_smoke_sweep_writes_every_cell_and_table(smoke, smoke_file):
+    cells = smoke_spec(smoke_file).cells()
     files = sorted((smoke / "cells").iterdir())
     assert len(files) == len(cells) == 13 * len(FAMILIES) * 2 + 2 * 2  # tasks x families x lengths + variant
     records = Store(smoke).load()
@@ -68,7 +83,7 @@ def test_smoke_sweep_writes_every_cell_and_table(smoke):
     env = json.loads((smoke / "env.json").read_text())
     assert env["torch"] == torch.__version__ and env["device"] == "cpu"
     summary = (smoke / "summary.md").read_text()
-    spec = preset("smoke")
+    spec = smoke_spec(smoke_file)
     for task in spec.tasks:
         if task in spec.generalise:  # its table is named after its protocol, columns N=...
             lengths = ",".join(map(str, spec.generalise[task]["lengths"]))
@@ -98,25 +113,25 @@ def test_worker_records_match_an_in_process_run(smoke):
         assert fresh.history == stored.history
 
 
-def test_rerun_is_a_no_op(smoke_copy, monkeypatch, capsys):
+def test_rerun_is_a_no_op(smoke_copy, monkeypatch, capsys, smoke_file):
     before = mtimes(smoke_copy)
 
     def must_not_run(cfg):
         raise AssertionError(f"cell re-run: {cfg}")
 
     monkeypatch.setattr(seqbench.sweeps.executors, "run_cell", must_not_run)
-    assert rerun_smoke(smoke_copy) == 0
+    assert rerun_smoke(smoke_copy, smoke_file) == 0
     assert mtimes(smoke_copy) == before
     assert "cells run now: none (all stored)" in capsys.readouterr().out
 
 
-def test_deleted_record_is_recomputed_alone(smoke_copy, monkeypatch):
+def test_deleted_record_is_recomputed_alone(smoke_copy, monkeypatch, smoke_file):
     before = mtimes(smoke_copy)
     victim = sorted((smoke_copy / "cells").iterdir())[7]
     stored = CellRecord.from_dict(json.loads(victim.read_text()))
     victim.unlink()
     calls = spy_on_run_cell(monkeypatch)
-    assert rerun_smoke(smoke_copy) == 0
+    assert rerun_smoke(smoke_copy, smoke_file) == 0
     assert [c.key() for c in calls] == [stored.key]
     after = mtimes(smoke_copy)
     assert set(after) == set(before)
@@ -137,15 +152,16 @@ def edit_config(text: str) -> str:
 
 @pytest.mark.parametrize("damage", [truncate, edit_config, lambda text: "not json"],
                          ids=["truncated", "edited", "garbage"])
-def test_corrupt_record_is_ignored_with_a_warning_and_recomputed(smoke_copy, monkeypatch, damage):
+def test_corrupt_record_is_ignored_with_a_warning_and_recomputed(smoke_copy, monkeypatch, damage,
+                                                                 smoke_file):
     victim = sorted((smoke_copy / "cells").iterdir())[3]
     victim.write_text(damage(victim.read_text()))
     calls = spy_on_run_cell(monkeypatch)
     with pytest.warns(UserWarning, match=rf"ignoring unusable record .*{re.escape(victim.name)}"):
-        assert rerun_smoke(smoke_copy) == 0
+        assert rerun_smoke(smoke_copy, smoke_file) == 0
     assert len(calls) == 1 and victim.name.endswith(f"_{calls[0].key()}.json")
     assert CellRecord.from_dict(json.loads(victim.read_text())).key == calls[0].key()
-    assert len(Store(smoke_copy).load()) == len(preset("smoke").cells())
+    assert len(Store(smoke_copy).load()) == len(smoke_spec(smoke_file).cells())
 
 
 def test_report_regenerates_the_tables_identically(smoke_copy):

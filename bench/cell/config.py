@@ -26,6 +26,12 @@ from seqbench.strict import (
 from seqbench.tasks import TASKS, get_task
 
 DEVICES = ("cpu", "cuda")
+# Upper bounds on what one cell may ask for: far above any published setting of these tasks, far
+# below sizes that cannot run (those would only burn minutes before ending as `oom` or `error`).
+MAX_PARAMS = 10**9  # parameter budget
+MAX_BATCH = 65_536  # training sequences per step
+MAX_EVAL_SAMPLES = 10**6  # held-out sequences (per set; per test length for generalisation)
+MAX_SEQ_LEN = 2**20  # time steps fed to the model (task.seq_len of a length)
 COMPILE_MODES = ("none", "default", "reduce-overhead")
 # The training and evaluation protocol every cell follows (seqbench.cell.train): bump it whenever
 # a change there changes what a config produces (streams, stopping rules, the step), so that no
@@ -68,6 +74,10 @@ class TrainConfig:
         for name in ("steps", "batch_size", "eval_every", "eval_samples"):
             value = getattr(self, name)
             require(value >= 1, p + name, f"must be >= 1, got {value}")
+        require(self.batch_size <= MAX_BATCH, p + "batch_size",
+                f"must be <= {MAX_BATCH}, got {self.batch_size}")
+        require(self.eval_samples <= MAX_EVAL_SAMPLES, p + "eval_samples",
+                f"must be <= {MAX_EVAL_SAMPLES:,}, got {self.eval_samples:,}")
         require(self.lr > 0, p + "lr", f"must be > 0, got {self.lr}")
         require(self.weight_decay >= 0, p + "weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(self.clip >= 0, p + "clip", f"must be >= 0 (0 disables), got {self.clip}")
@@ -99,8 +109,16 @@ class Generalise:
         p = f"{where}." if where else ""
         check_choice(p + "train", self.train, TRAIN_LENGTHS)
         require(self.samples >= 1, p + "samples", f"must be >= 1, got {self.samples}")
+        require(self.samples <= MAX_EVAL_SAMPLES, p + "samples",
+                f"must be <= {MAX_EVAL_SAMPLES:,}, got {self.samples:,}")
         require(list(self.lengths) == sorted(set(self.lengths)), p + "lengths",
                 f"must be strictly increasing, got {list(self.lengths)}")
+
+
+def _check_seq_len(task, length: int, field_name: str) -> None:
+    steps = task.seq_len(length)
+    require(steps <= MAX_SEQ_LEN, field_name, f"task {task.name!r} at length {length:,} feeds "
+            f"{steps:,} time steps; at most {MAX_SEQ_LEN:,} (2^20) are allowed")
 
 
 @dataclass(frozen=True)
@@ -122,8 +140,11 @@ class CellConfig:
         task = get_task(self.task)
         family = get_family(self.model)
         task.check_length(self.length)
+        _check_seq_len(task, self.length, "length")
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         require(self.params >= 100, "params", f"must be >= 100, got {self.params}")
+        require(self.params <= MAX_PARAMS, "params",
+                f"must be <= {MAX_PARAMS:,}, got {self.params:,}")
         check_choice("device", self.device, DEVICES)
         if type(self.hparams) is not family.hparams:
             object.__setattr__(self, "hparams", parse_hparams(self.model, self.hparams))
@@ -134,6 +155,7 @@ class CellConfig:
             for i, n in enumerate(self.generalise.lengths):
                 field_name = f"generalise.lengths[{i}]"
                 task.check_length(n, field=field_name)
+                _check_seq_len(task, n, field_name)
                 require(n > self.length, field_name,
                         f"must be longer than the training length {self.length}, got {n}")
         if getattr(self.hparams, "bidirectional", False) and not task.bidirectional_ok:

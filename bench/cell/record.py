@@ -21,8 +21,15 @@ from seqbench.strict import stable_key
 SCHEMA = 2
 STATUSES = ("solved", "budget", "diverged", "oom", "error", "timeout")
 FAILED = ("diverged", "oom", "error", "timeout")
+# Failures of the run rather than results: a sweep runs such a cell again (seqbench.sweeps.driver),
+# keeping each earlier attempt in the record's `attempts`. `diverged` is a result (a deterministic
+# run that diverges again), so it is kept.
+RETRIED = ("oom", "error", "timeout")
+GIVE_UP = 3  # identical failures in a row after which a sweep stops retrying a cell
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # a set or variant name (or "")
 KEY = re.compile(r"[0-9a-f]{16}")
+TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")  # an attempt's time, UTC
+ATTEMPT = ("status", "error", "time")  # the fields of one entry of CellRecord.attempts
 
 
 class CorruptRecord(ValueError):
@@ -86,6 +93,10 @@ class CellRecord:
     # length_meaning}; empty in records written before they existed (defaults are derived)
     model_display: dict = field(default_factory=dict)
     task_display: dict = field(default_factory=dict)
+    # earlier failed attempts of this cell, oldest first, each {"status": one of RETRIED, "error":
+    # its message or null, "time": when it was stored, "YYYY-MM-DDTHH:MM:SSZ"}; the record itself
+    # is the latest attempt
+    attempts: list = field(default_factory=list)
     schema: int = SCHEMA
 
     # ---- what tables need, without the config classes
@@ -172,6 +183,48 @@ class CellRecord:
         for name in ("ood_scores", "ood_val_scores"):
             for i, value in enumerate(getattr(self, name)):
                 _score(f"{name}[{i}]", value)
+        if self.status in ("solved", "budget"):  # a finished run was scored
+            name = "ood_score" if self.config.get("generalise") else "score"
+            if getattr(self, name) is None:
+                raise InvalidValue(f"{name} missing from a record with status {self.status!r}")
+        for i, attempt in enumerate(self.attempts):
+            _check_attempt(f"attempts[{i}]", attempt)
+
+    def identical_failures(self) -> int:
+        """How many attempts in a row, ending with this record, failed the same way (same status
+        and same last line of the error, where a traceback ends): 0 unless this one failed with a
+        status of RETRIED."""
+        if self.status not in RETRIED:
+            return 0
+        same = _failure(self.status, self.error)
+        n = 1
+        for attempt in reversed(self.attempts):
+            if _failure(attempt["status"], attempt["error"]) != same:
+                break
+            n += 1
+        return n
+
+    def as_attempt(self, time: str) -> dict:
+        """This (failed) record as an entry of a later record's attempts, stored at `time`."""
+        return {"status": self.status, "error": self.error, "time": time}
+
+
+def _failure(status: str, error: str | None) -> tuple[str, str]:
+    lines = (error or "").strip().splitlines()
+    return status, lines[-1] if lines else ""
+
+
+def _check_attempt(name: str, attempt: Any) -> None:
+    if not isinstance(attempt, dict) or sorted(attempt) != sorted(ATTEMPT):
+        raise CorruptRecord(f"{name}: expected an object with exactly {', '.join(ATTEMPT)}")
+    if attempt["status"] not in RETRIED:
+        raise CorruptRecord(f"{name}.status {attempt['status']!r} is not one of "
+                            f"{', '.join(RETRIED)}")
+    if not (attempt["error"] is None or isinstance(attempt["error"], str)):
+        raise CorruptRecord(f"{name}.error: expected a string or null")
+    if not (isinstance(attempt["time"], str) and TIME.fullmatch(attempt["time"])):
+        raise CorruptRecord(f"{name}.time: expected YYYY-MM-DDTHH:MM:SSZ, got "
+                            f"{attempt['time']!r:.40}")
 
 
 def styles(family: str, model_display: dict, task: str, task_display: dict,

@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from seqbench.fileio import atomic_write, single_component
+from seqbench.fileio import atomic_write, check_writable, single_component
 from seqbench.options import add_options, add_threads, apply_threads, comma_list
 from seqbench.strict import parse_count, require
 
@@ -65,6 +65,7 @@ def cmd_measure(args) -> int:
     check_device(device)
     name = single_component("--name", args.name) if args.name else f"measure-{device}-{dtype}"
     store = Store(Path(args.out) / name)
+    check_writable(store.root, "--out")  # before minutes of measuring
     if args.check_overhead:
         return _check_overhead(points, store)
     import torch

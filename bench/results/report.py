@@ -123,8 +123,9 @@ def html_report(tables: list[PivotTable], title: str, figures: list[Path],
 def tables_of(loaded: Loaded) -> list[PivotTable]:
     """Every table of a store's parsed records."""
     records = loaded.records.values()
+    unusable = [p.cell[:3] for p in loaded.problems if p.cell is not None]
     return all_tables(cell_frame(records), generalisation_frame(records),
-                      measurement_frame(loaded.measurements.values()))
+                      measurement_frame(loaded.measurements.values()), unusable)
 
 
 def _write_parquet(frame, path: Path) -> None:

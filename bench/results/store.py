@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ import pandas as pd
 
 from seqbench import display, registry
 from seqbench.cell.record import CellRecord, CorruptRecord, InvalidValue
-from seqbench.fileio import atomic_write
+from seqbench.fileio import atomic_write, stale_temporaries
 from seqbench.measure.record import MeasureRecord
 from seqbench.strict import ConfigError
 
@@ -41,6 +42,16 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
+
+    @property
+    def cell(self) -> tuple[str, str, int, int] | None:
+        """(task, family, length, seed) of a cell record's file, from its name (the store's naming
+        scheme), or None for another file; the untrusted content is never read for this."""
+        match = CELL_NAME.fullmatch(self.path.stem)
+        if self.path.parent.name != "cells" or match is None:
+            return None
+        task, family = split_cell_prefix(match["prefix"])
+        return task, family, int(match["length"]), int(match["seed"])
 
 
 @dataclass
@@ -66,6 +77,20 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "-", name)
 
 
+# cells/<task>_<family>_L<length>_s<seed>_<key>.json
+CELL_NAME = re.compile(r"(?P<prefix>.+)_L(?P<length>\d+)_s(?P<seed>\d+)_(?P<key>[0-9a-f]{16})")
+
+
+def split_cell_prefix(prefix: str) -> tuple[str, str]:
+    """(task, family) of a cell file name's <task>_<family> part: names may hold underscores
+    (selective_copy, linear_attention), so a built-in task name that prefixes it is taken first,
+    else the text up to the first underscore."""
+    tasks = sorted((n for n in registry.BUILTIN["task"] if prefix.startswith(n + "_")), key=len)
+    task = tasks[-1] if tasks else prefix.partition("_")[0]
+    return task, prefix[len(task) + 1:]
+TEMPORARY_MAX_AGE_S = 600  # an atomic write lasts milliseconds; older temporaries are orphans
+
+
 def _key_in_name(path: Path) -> str:
     return path.stem.rpartition("_")[2]
 
@@ -77,8 +102,36 @@ class Store:
         self.measurements = self.root / "measurements"
 
     def path_for(self, record: CellRecord) -> Path:
-        return self.cells / (f"{_slug(record.task)}_{_slug(record.family)}_L{record.length}_"
-                             f"s{record.seed}_{record.key}.json")
+        return self.cell_path(record.task, record.family, record.length, record.seed, record.key)
+
+    def cell_path(self, task: str, family: str, length: int, seed: int, key: str) -> Path:
+        """Where the record of a cell is stored."""
+        return self.cells / f"{_slug(task)}_{_slug(family)}_L{length}_s{seed}_{key}.json"
+
+    def read_cell(self, path: Path) -> CellRecord | None:
+        """The trustworthy record stored at path, or None (absent or unusable): one cell's view
+        of read(), for a driver checking whether another driver has stored a cell meanwhile."""
+        try:
+            record = CellRecord.from_dict(_read_json(path))
+        except (OSError, CorruptRecord):
+            return None
+        return record if _key_in_name(path) == record.key else None
+
+    def remove_stale_temporaries(self, max_age_s: float = TEMPORARY_MAX_AGE_S) -> list[Path]:
+        """Delete the temporary files (seqbench.fileio.atomic's `.NAME.*.tmp`) that writers killed
+        mid-write left here, once older than max_age_s: a live writer (this or another driver)
+        holds its temporary for milliseconds, so a younger one is never touched. Returns them."""
+        removed = []
+        now = time.time()
+        for folder in (self.root, self.cells, self.measurements):
+            for path in stale_temporaries(folder):
+                try:
+                    if now - path.stat().st_mtime > max_age_s:
+                        path.unlink()
+                        removed.append(path)
+                except FileNotFoundError:  # renamed or removed by its writer meanwhile
+                    continue
+        return removed
 
     def save(self, record: CellRecord) -> Path:
         path = self.path_for(record)

@@ -12,6 +12,11 @@ same held-out set the score is measured on, as a tuned baseline would be reporte
 the first set by name), and a second table lists every set. Then one "solve length" table: per task and model, the longest length whose
 mean score (as shown, so over the best set) reaches the task's solve threshold.
 
+A stored file that could not be trusted (seqbench.results.store.Problem) is not a result, but it is
+not nothing either: its cell (task, family and length from its file name) shows "unusable record"
+(or "+ k unusable" beside the trusted seeds) in the task's first table, and the solve-length table
+names the unusable lengths beyond the solved one, where the solve length is not known.
+
 Length-generalisation tasks (cells with config.generalise): a cell's headline is its mean score over
 the test lengths, so the task's table shows that per training length N, and a second table shows
 each model's score at N (in distribution) and at every test length, for the longest N.
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass
 
 import pandas as pd
@@ -53,6 +59,11 @@ def _models(df: pd.DataFrame) -> list[str]:
                else pd.Series(False, index=first.index))
     return [m for *_, m in sorted(zip(first["model_order"].astype(int), variant,
                                       first["model"]))]
+
+
+def _with_extra(models: list[str], extra) -> list[str]:
+    """models, then the other names in extra (models known only from unusable files) by name."""
+    return models + sorted(set(extra) - set(models))
 
 
 def length_axis(df: pd.DataFrame) -> tuple[str, str]:
@@ -168,18 +179,24 @@ def best_sets(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(keep) if keep else df
 
 
-def task_tables(df: pd.DataFrame, gdf: pd.DataFrame | None = None) -> list[PivotTable]:
+def task_tables(df: pd.DataFrame, gdf: pd.DataFrame | None = None,
+                unusable=()) -> list[PivotTable]:
     """Per task its accuracy table (and, with several hyper-parameter sets, a table per set;
     for a length-generalisation task, its per-test-length table from gdf, the rows of
-    Store.generalisation_frame()); then the solve-length table over every task."""
+    Store.generalisation_frame()); then the solve-length table over every task. unusable: the
+    (task, family, length) of each stored file that could not be trusted."""
     df = headline(_with_sets(df))
     tables = []
     solved: dict[tuple[str, str], int | None] = {}
     tested: dict[str, tuple[str, list[int]]] = {}
+    bad = Counter(unusable)
+    unsure: dict[tuple[str, str], list[int]] = {}  # (model, study) -> unusable lengths
     for title, tdf in studies(df):
         task_name = tdf["task"].iloc[0]
         score_name, threshold, chance = task_facts(tdf)
-        lengths = sorted(tdf["length"].unique().tolist())
+        extra = {(m, n): k for (t, m, n), k in bad.items() if t == task_name}
+        bad = Counter({c: k for c, k in bad.items() if c[0] != task_name})  # shown once
+        lengths = sorted(set(tdf["length"].unique().tolist()) | {n for _, n in extra})
         symbol, meaning = length_axis(tdf)
         tested[title] = (symbol, lengths)
         lg = bool(is_generalisation(tdf).any())
@@ -205,6 +222,13 @@ def task_tables(df: pd.DataFrame, gdf: pd.DataFrame | None = None) -> list[Pivot
                 means[cell] = mean
                 if mean >= threshold:
                     solved[(model, title)] = max(solved[(model, title)] or 0, length)
+        for (model, length), k in sorted(extra.items()):
+            cell = (model, f"{axis}={length}")
+            note = f"{k} unusable record" + ("s" if k > 1 else "")
+            text[cell] = f"{text[cell]} + {note}" if cell in text else note
+            solved.setdefault((model, title), None)
+            unsure.setdefault((model, title), []).append(length)
+        models = _with_extra(_models(tdf), (m for m, _ in extra))
         seeds = f"mean ± std (max) over {tdf['seed'].nunique()} seed(s)"
         if len(sets) > 1:
             seeds += (f", best of {len(sets)} hyper-parameter sets per cell by mean (set in "
@@ -219,7 +243,7 @@ def task_tables(df: pd.DataFrame, gdf: pd.DataFrame | None = None) -> list[Pivot
         caption = (f"{task_name}: {what}, {seeds}; {chance_text(chance, lengths)}, solved at >= "
                    f"{threshold:g}; {symbol}: {meaning}" + (f", N: the longest training {symbol}"
                                                             if lg else ""))
-        tables.append(PivotTable(title, caption, columns, _models(tdf), text,
+        tables.append(PivotTable(title, caption, columns, models, text,
                                  _best(means, columns, higher=True)))
         if lg and gdf is not None and not gdf.empty:
             tables.append(_generalisation_table(title, tdf, gdf))
@@ -231,7 +255,8 @@ def task_tables(df: pd.DataFrame, gdf: pd.DataFrame | None = None) -> list[Pivot
             tables.append(PivotTable(f"{title} by hyper-parameter set", caption, columns, rows,
                                      set_text, _best(set_means, columns, higher=True)))
     if tested:
-        tables.append(_solve_table(solved, tested, _models(df)))
+        models = _with_extra(_models(df), (m for m, _ in unsure))
+        tables.append(_solve_table(solved, tested, models, unsure))
     return tables
 
 
@@ -262,16 +287,23 @@ def _generalisation_table(title: str, tdf: pd.DataFrame, gdf: pd.DataFrame) -> P
 
 
 def _solve_table(solved: dict[tuple[str, str], int | None],
-                 tested: dict[str, tuple[str, list[int]]], models: list[str]) -> PivotTable:
+                 tested: dict[str, tuple[str, list[int]]], models: list[str],
+                 unsure: dict[tuple[str, str], list[int]]) -> PivotTable:
     columns = list(tested)  # in the tasks' order
     text = {cell: "—" if n is None else str(n) for cell, n in solved.items()}
+    for cell, lengths in unsure.items():
+        beyond = [n for n in lengths if n > (solved[cell] or 0)]
+        if beyond:
+            symbol = tested[cell[1]][0]
+            text[cell] += f" ({symbol}={', '.join(map(str, beyond))} unusable)"
     lengths = {cell: n for cell, n in solved.items() if n is not None}
     caption = (
         "solve length: per task, the longest length (in the task's own unit, e.g. copy's delay "
         "T) whose mean score over seeds (as in the task's table: seeds that did not fail, the "
         "best hyper-parameter set) reaches the task's solve threshold (for a "
         "length-generalisation task, the longest training length N whose mean over the test "
-        "lengths does); — where no tested length does; lengths tested: "
+        "lengths does); — where no tested length does; (L=n unusable): a longer length whose "
+        "stored records could not be read, so it may be longer; lengths tested: "
         + "; ".join(f"{t} {tested[t][0]}={', '.join(map(str, tested[t][1]))}" for t in columns)
     )
     return PivotTable("solve length", caption, columns, models, text,
@@ -399,9 +431,11 @@ def measurement_tables(df: pd.DataFrame) -> list[PivotTable]:
     return tables
 
 
-def all_tables(df: pd.DataFrame, gdf: pd.DataFrame, mdf: pd.DataFrame) -> list[PivotTable]:
-    """Every table of a store's frames: cells (with generalisation scores), then measurements."""
-    return (task_tables(df, gdf) if not df.empty else []) + (
+def all_tables(df: pd.DataFrame, gdf: pd.DataFrame, mdf: pd.DataFrame,
+               unusable=()) -> list[PivotTable]:
+    """Every table of a store's frames: cells (with generalisation scores; unusable as in
+    task_tables), then measurements."""
+    return (task_tables(df, gdf, unusable) if not df.empty else []) + (
         measurement_tables(mdf) if not mdf.empty else [])
 
 

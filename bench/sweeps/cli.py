@@ -1,10 +1,20 @@
 """`seqbench sweep`: run a preset or a sweep file into a store, with a live display on a terminal
-and one line per finished cell elsewhere (CI); --dry-run plans without writing."""
+and one line per finished cell elsewhere (CI); --dry-run plans without writing.
+
+SIGINT (Ctrl-C) and SIGTERM (kill, a scheduler's cancel) stop the sweep cleanly: the cells in
+flight and the processes running them are stopped, nothing half-done is recorded, the claims of
+this driver are released, and the command exits with 128 + the signal's number (130, 143) after
+saying how much is stored; rerunning the same command resumes.
+"""
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console, Group
@@ -45,7 +55,14 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="list the cells, how many are stored and the remaining cost; write "
                         "nothing")
-    p.add_argument("--strict", action="store_true", help="exit 1 if any cell failed")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 if any cell of the sweep has a failed record stored (diverged, "
+                        "oom, error, timeout), whether it ran now or before")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="also rerun cells given up after repeated identical failures (oom, error "
+                        "and timeout cells are rerun anyway, until that happens)")
+    p.add_argument("--force", action="store_true",
+                   help="run cells the memory preflight estimates cannot fit this machine")
     add_threads(p, "1 per cell, so that scores do not depend on --workers or the executor")
     p.set_defaults(fn=cmd_sweep)
 
@@ -66,11 +83,38 @@ def cell_name(task: str, model: str, length: int, seed: int, hpset: str = "") ->
     return f"{task} {model} L={length} seed={seed}" + (f" [{set_label(hpset)}]" if hpset else "")
 
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM reached the sweep driver. A KeyboardInterrupt, so nothing on its way up
+    (a cell's failure handling catches Exception only) turns it into a record."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Turn the first SIGINT or SIGTERM into Interrupted in the main thread; later ones are
+    ignored while the sweep stops (so the stopping is not cut short); handlers restored after."""
+    def handler(signum, frame):
+        for s in SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    old = {s: signal.signal(s, handler) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def cmd_sweep(args) -> int:
     from seqbench.cell.cli import check_device
-    from seqbench.measure.cli import point_line
-    from seqbench.results.cli import print_tables
-    from seqbench.sweeps.driver import default_workers, plan_sweep, run_sweep
+    from seqbench.sweeps.driver import default_workers
     from seqbench.sweeps.executors import make_executor
     from seqbench.sweeps.spec import PRESETS, preset, spec_from_file
 
@@ -85,7 +129,8 @@ def cmd_sweep(args) -> int:
     require(args.address is None or args.executor == "ray", "--address",
             "only with --executor ray")
     if args.dry_run:  # planning needs no GPU here
-        return _dry_run(spec, args.out, workers if args.executor == "local" else None)
+        return _dry_run(spec, args.out, workers if args.executor == "local" else None,
+                        args.retry_failed)
     if args.executor == "local":
         check_device(spec.device)  # a Ray cluster's GPUs need not be visible here
     executor = make_executor(args.executor, workers=workers, threads=threads,
@@ -94,23 +139,66 @@ def cmd_sweep(args) -> int:
            f"ray {args.address or '(local instance)'}, {threads} thread(s) per cell")
     console.print(f"sweep {spec.name}: {len(spec.cells())} cells -> {Path(args.out) / spec.name} "
                   f"({how})")
-    if console.is_terminal:
+    try:
+        with interruptible():
+            statuses = _run(spec, args, executor)
+    except Interrupted as exc:
+        from seqbench.sweeps.driver import plan_sweep
+
         plan = plan_sweep(spec, args.out)
-        display = _SweepDisplay(executor, len(plan.todo), len(plan.stored))
+        print(f"seqbench: sweep {spec.name} interrupted by {exc}: the cells in flight were stopped "
+              f"and not recorded; {len(plan.stored)} of {len(plan.cells)} cells are stored in "
+              f"{plan.root}; run the same command again to resume", file=sys.stderr)
+        return 128 + exc.signum
+    console.print("cells run now: " + (", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
+                                       or "none (all stored)"))
+    failed = _stored_summary(spec, args.out, args.retry_failed)
+    return 1 if args.strict and failed else 0
+
+
+def _run(spec, args, executor) -> Counter:
+    """Run the sweep (with the live display on a terminal) and print its tables."""
+    from seqbench.measure.cli import point_line
+    from seqbench.results.cli import print_tables
+    from seqbench.sweeps.driver import plan_sweep, run_sweep
+
+    def on_wait(n: int) -> None:
+        console.print(f"waiting for {n} cell(s) that other drivers are running")
+
+    run = dict(on_point=point_line, executor=executor, retry_failed=args.retry_failed,
+               force=args.force, on_wait=on_wait)
+    if console.is_terminal:
+        plan = plan_sweep(spec, args.out, args.retry_failed)
+        display = _SweepDisplay(executor, len(plan.todo), len(plan.cells) - len(plan.todo))
         with Live(display, console=console, refresh_per_second=4):
-            store, statuses = run_sweep(spec, args.out, on_cell=display.on_cell,
-                                        on_point=point_line, executor=executor)
+            store, statuses = run_sweep(spec, args.out, on_cell=display.on_cell, **run)
     else:
         def on_cell(record, i, n):
             print(f"[{i}/{n}] {describe(record)}", flush=True)
 
-        store, statuses = run_sweep(spec, args.out, on_cell=on_cell, on_point=point_line,
-                                    executor=executor)
+        store, statuses = run_sweep(spec, args.out, on_cell=on_cell, **run)
     print_tables(store.read(), store.root)
-    console.print("cells run now: " + (", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
-                                       or "none (all stored)"))
-    failed = sum(statuses[s] for s in FAILED)
-    return 1 if args.strict and failed else 0
+    return statuses
+
+
+def _stored_summary(spec, out: str, retry_failed: bool) -> int:
+    """Print what the store holds for the sweep's cells (whoever ran them, whenever), with the
+    cells given up; return how many have a failed record."""
+    from seqbench.cell.record import GIVE_UP
+    from seqbench.sweeps.driver import GIVEN_UP, plan_sweep
+
+    plan = plan_sweep(spec, out, retry_failed)
+    counts = Counter(r.status for r in plan.records.values())
+    console.print(f"stored: {len(plan.records)} of {len(plan.cells)} cells: "
+                  + ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s]))
+    for (hpset, variant), cfg in plan.cells:
+        if plan.state(cfg) == GIVEN_UP:
+            record = plan.records[cfg.key()]
+            last = (record.error or "").strip().splitlines()[-1:] or [""]
+            console.print(f"given up after {GIVE_UP} identical failures: "
+                          f"{cell_name(cfg.task, variant or cfg.model, cfg.length, cfg.seed, hpset)}"
+                          f": {record.status} {last[0]} (--retry-failed runs it again)")
+    return sum(counts[s] for s in FAILED)
 
 
 class _SweepDisplay:
@@ -146,11 +234,11 @@ class _SweepDisplay:
         return Group(*lines)
 
 
-def _dry_run(spec, out: str, workers: int | None) -> int:
+def _dry_run(spec, out: str, workers: int | None, retry_failed: bool) -> int:
     """What `sweep` would run, and an estimate of its cost; writes nothing."""
-    from seqbench.sweeps.driver import plan_sweep
+    from seqbench.sweeps.driver import STORED, TO_RUN, plan_sweep
 
-    plan = plan_sweep(spec, out)
+    plan = plan_sweep(spec, out, retry_failed)
     todo = plan.todo
     console.print(f"sweep {spec.name} (dry run, nothing written): {len(plan.cells)} cells, "
                   f"{len(plan.stored)} already stored in {plan.root}, {len(todo)} to run")
@@ -160,7 +248,9 @@ def _dry_run(spec, out: str, workers: int | None) -> int:
             table.add_column(col, justify="left" if col in ("task", "model", "set", "state")
                              else "right")
     for (name, variant), cfg in plan.cells:
-        state = "stored" if cfg.key() in plan.stored else "to run"
+        state = plan.state(cfg)
+        if state not in (STORED, TO_RUN):
+            state += f" ({plan.records[cfg.key()].status})"
         seconds = plan.seconds(cfg)
         est = "?" if seconds is None else f"{seconds:.0f}"
         if console.is_terminal:

@@ -7,6 +7,12 @@ sweep stores it and goes on. It does not touch the store: the driver (seqbench.s
 saves every record as it arrives, so whichever backend ran a cell, the results land in the same
 store with the same key, and an interrupted sweep loses only the cells in flight.
 
+run(cells, acquire) calls acquire(cfg) just before it starts a cell and skips the cell where it
+returns False: the driver claims cells there, so several drivers on one store share its cells
+(seqbench.sweeps.claims). An interrupt (KeyboardInterrupt or another BaseException raised in the
+driver, as seqbench sweep's SIGTERM/SIGINT handler does, or closing the generator) stops the cells in
+flight and the processes running them before it propagates, so nothing is left running.
+
 Backends:
 
 * LocalExecutor(workers, threads): this machine. workers == 1 (or a single cell) runs in this
@@ -23,13 +29,15 @@ failed(new_record(cfg), exc), and keeps self._running current for progress displ
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -42,6 +50,7 @@ from seqbench.cell.train import failed, new_record, run_cell
 from seqbench.strict import ConfigError, check_choice, require
 
 EXECUTORS = ("local", "ray")
+Acquire = Callable[[CellConfig], bool]
 
 
 class Executor(ABC):
@@ -55,10 +64,12 @@ class Executor(ABC):
         self._running: dict[str, tuple[CellConfig, float]] = {}
 
     @abstractmethod
-    def run(self, cells: Sequence[CellConfig]) -> Iterator[CellRecord]:
-        """Run every cell once; yield one record per cell as each finishes. Never raises for a
-        failed cell (it becomes a record); an interrupt (KeyboardInterrupt, closing the
-        generator) stops the cells in flight where the backend can."""
+    def run(self, cells: Sequence[CellConfig], acquire: Acquire | None = None
+            ) -> Iterator[CellRecord]:
+        """Run every cell once (those acquire(cfg), called just before a cell starts, accepts);
+        yield one record per cell run as each finishes. Never raises for a failed cell (it
+        becomes a record); an interrupt (KeyboardInterrupt, closing the generator) stops the
+        cells in flight and their processes."""
 
     def running(self) -> list[tuple[CellConfig, float]]:
         """The cells in flight now with their start time (time.monotonic()), oldest first; safe to
@@ -100,11 +111,45 @@ def visible_gpus() -> list[str]:
 
 
 def _init_worker(threads: int, gpus=None) -> None:
-    """Pool initializer: torch threads, and this worker's GPU taken from the queue (before CUDA
-    is initialised in the worker, so the device it sees as cuda:0 is its own)."""
+    """Torch threads, and this worker's GPU taken from the queue (before CUDA is initialised in
+    the worker, so the device it sees as cuda:0 is its own)."""
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus.get(timeout=60)
     torch.set_num_threads(threads)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _init_pool_worker(threads: int, gpus, driver: int) -> None:
+    """Pool initializer: _init_worker, and the worker's tie to its driver. The driver alone
+    decides when cells stop (a Ctrl-C reaches the whole process group, so workers ignore SIGINT
+    and the driver stops them), and on Linux a worker is killed when its driver dies, however it
+    dies (PR_SET_PDEATHSIG: even SIGKILL of the driver leaves no worker computing for nobody)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux
+        pass
+    if os.getppid() != driver:  # the driver died before the tie was made
+        os._exit(1)
+    _init_worker(threads, gpus)
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool now: cancel queued cells, end the workers (SIGTERM, then SIGKILL after 5 s) and
+    wait for them, so none outlives the driver's interruption. (ProcessPoolExecutor has no public
+    way to end running workers before Python 3.14's terminate_workers.)"""
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in workers:
+        process.terminate()
+    deadline = time.monotonic() + 5
+    for process in workers:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 class LocalExecutor(Executor):
@@ -139,13 +184,16 @@ class LocalExecutor(Executor):
     def measure_threads(self) -> int:
         return self.workers * self.threads
 
-    def run(self, cells: Sequence[CellConfig]) -> Iterator[CellRecord]:
+    def run(self, cells: Sequence[CellConfig], acquire: Acquire | None = None
+            ) -> Iterator[CellRecord]:
         pending = deque(cells)
         workers = min(self.workers, len(pending))
         if workers <= 1:
             _init_worker(self.threads)
             while pending:
                 cfg = pending.popleft()
+                if acquire is not None and not acquire(cfg):
+                    continue
                 self._started(cfg)
                 try:
                     record = _guarded(cfg)
@@ -155,17 +203,18 @@ class LocalExecutor(Executor):
             return
         gpus = (visible_gpus() if any(c.device == "cuda" for c in pending) else [])
         while pending:
-            suspects = yield from self._pool(pending, min(workers, len(pending)), gpus)
+            suspects = yield from self._pool(pending, min(workers, len(pending)), gpus, acquire)
             for cfg in suspects:  # in flight when a worker died: which one killed it?
-                if not (yield from self._pool(deque([cfg]), 1, gpus)):
+                if not (yield from self._pool(deque([cfg]), 1, gpus, None)):  # still acquired
                     continue  # ran fine alone
                 yield failed(new_record(cfg), BrokenProcessPool(
                     "the worker process running this cell died: killed from outside (the "
                     "kernel's OOM killer, a signal) or crashed"))
 
-    def _pool(self, pending: deque, workers: int, gpus: list[str]):
+    def _pool(self, pending: deque, workers: int, gpus: list[str], acquire: Acquire | None):
         """Run cells from pending in a fresh pool until it is empty (returns []) or the pool breaks
-        (returns the cells that were in flight; the rest stay in pending)."""
+        (returns the cells that were in flight; the rest stay in pending). An exception thrown
+        into it (an interrupt) or closing it stops the workers first (_stop_pool)."""
         ctx = multiprocessing.get_context("spawn")
         queue = None
         if len(gpus) > 1:
@@ -173,12 +222,14 @@ class LocalExecutor(Executor):
             for i in range(workers):
                 queue.put(gpus[i % len(gpus)])
         inflight: dict[Any, CellConfig] = {}
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(self.threads, queue)) as pool:
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_pool_worker,
+                                 initargs=(self.threads, queue, os.getpid())) as pool:
             try:
                 while pending or inflight:
                     while pending and len(inflight) < workers:
                         cfg = pending.popleft()
+                        if acquire is not None and not acquire(cfg):
+                            continue
                         try:
                             future = pool.submit(_guarded, cfg)
                         except BrokenProcessPool:
@@ -186,6 +237,8 @@ class LocalExecutor(Executor):
                             return self._broken(inflight)
                         inflight[future] = cfg
                         self._started(cfg)
+                    if not inflight:  # every remaining cell was claimed elsewhere
+                        break
                     done, _ = wait(inflight, return_when=FIRST_COMPLETED)
                     broken = False
                     for future in done:
@@ -202,7 +255,7 @@ class LocalExecutor(Executor):
                     if broken:
                         return self._broken(inflight)
             except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
+                _stop_pool(pool)
                 raise
             finally:
                 for cfg in inflight.values():
@@ -270,7 +323,8 @@ class RayExecutor(Executor):
             return gpus
         return max(1, int(resources.get("CPU", 1) // self.threads))
 
-    def run(self, cells: Sequence[CellConfig]) -> Iterator[CellRecord]:
+    def run(self, cells: Sequence[CellConfig], acquire: Acquire | None = None
+            ) -> Iterator[CellRecord]:
         if not cells:
             return
         ray = self._ray
@@ -285,12 +339,16 @@ class RayExecutor(Executor):
             while pending or inflight:
                 while pending and len(inflight) < limit:
                     cfg = pending.popleft()
+                    if acquire is not None and not acquire(cfg):
+                        continue
                     ref = task.options(
                         num_cpus=self.threads, num_gpus=1 if cfg.device == "cuda" else 0,
                         max_retries=self.retries,
                     ).remote(cfg.to_dict(), self.threads)
                     inflight[ref] = cfg
                     self._started(cfg)
+                if not inflight:
+                    break
                 (ref,), _ = ray.wait(list(inflight), num_returns=1)
                 cfg = inflight.pop(ref)
                 try:

@@ -18,7 +18,6 @@ and are scored at the given longer lengths (seqbench.cell.config.Generalise).
 from __future__ import annotations
 
 import dataclasses
-import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -27,13 +26,21 @@ from typing import Any, NamedTuple
 
 from seqbench import display, registry
 from seqbench.cell.config import CellConfig, Generalise, TrainConfig
+from seqbench.cell.record import LABEL
+from seqbench.fileio import single_component
 from seqbench.measure.point import MeasurePoint
 from seqbench.models import get_family, parse_hparams
 from seqbench.strict import ConfigError, check_choice, coerce, from_mapping, require
 from seqbench.tasks import get_task
 
 PRESETS = ("smoke", "quick", "findings", "full")
-HPSET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _label(field: str, name: str, what: str) -> None:
+    """A set's or variant's name: a label every record stores (seqbench.cell.record.LABEL)."""
+    require(isinstance(name, str) and LABEL.fullmatch(name) is not None, field,
+            f"a {what} name uses letters, digits, '.', '-' and '_' only, at most 64 of them, "
+            f"starting with a letter or digit")
 
 
 @dataclass(frozen=True)
@@ -86,8 +93,7 @@ class SweepSpec:
     measure: MeasureSpec | None = None
 
     def validate(self, where: str) -> None:
-        require(self.name.replace("-", "").replace("_", "").isalnum(), "name",
-                f"use letters, digits, '-' and '_' only, got {self.name!r}")
+        single_component("name", self.name)  # the store's folder under --out
         for name in ("tasks", "models", "seeds"):
             values = getattr(self, name)
             require(len(set(values)) == len(values), name, f"must not repeat, got {list(values)}")
@@ -105,8 +111,7 @@ class SweepSpec:
         if not isinstance(self.hpsets, dict):
             raise ConfigError("hpsets: expected a table of named sets, e.g. [hpsets.lr1e-3]")
         for name, override in self.hpsets.items():
-            require(HPSET_NAME.fullmatch(name) is not None, f"hpsets.{name}",
-                    "a set name uses letters, digits, '.', '-' and '_' only")
+            _label(f"hpsets.{name}", name, "set")
             if not isinstance(override, dict):
                 raise ConfigError(f"hpsets.{name}: expected a table of training settings "
                                   f"(TrainConfig fields), got {override!r}")
@@ -120,8 +125,7 @@ class SweepSpec:
                               "[variants.transformer-rope]")
         if name not in self.variants:
             return name, self.hparams.get(name, {}), None
-        require(HPSET_NAME.fullmatch(name) is not None, f"variants.{name}",
-                "a variant name uses letters, digits, '.', '-' and '_' only")
+        _label(f"variants.{name}", name, "variant")
         v = from_mapping(Variant, self.variants[name], f"variants.{name}")
         get_family(v.model, f"variants.{name}.model")
         parse_hparams(v.model, v.hparams, f"variants.{name}.hparams")
