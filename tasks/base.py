@@ -90,6 +90,15 @@ class Task:
         """Headline score of the best input-independent guesser (exact)."""
         raise NotImplementedError
 
+    def input_space(self, length: int) -> int | None:
+        """How many distinct inputs the sampler draws from at this length, or None where that is
+        not enumerable (real-valued inputs). Exactly: the number N such that no single input has
+        probability above 1/N (the support's size for a sampler whose inputs are all equally
+        likely, as in every task but dyck), so that H held-out sequences carry at most H / N of
+        the training distribution (seqbench.cell.seen decides on it whether to keep held-out
+        sequences out of training)."""
+        return None
+
     def baseline_loss(self, length: int) -> float | None:
         """Loss of the best memoryless/constant predictor, where the literature quotes one."""
         return None
