@@ -9,7 +9,10 @@ length-generalisation cell it is the validation set at the training length N, in
 - "solved": the cell reached its solve threshold on validation (status `solved`);
 - "plateau": of the m >= MIN_EVALUATIONS evaluations, the best validation loss of the last third
   (the last ceil(m / 3)) improved on the best of the ones before by at most a relative
-  PLATEAU_TOLERANCE: min(late) >= (1 - 0.01) min(early);
+  PLATEAU_TOLERANCE: min(late) >= (1 - 0.01) min(early); or the earlier best was already below
+  LOSS_FLOOR (1e-4: cross-entropy of a fit that gives the right class probability 0.9999, or
+  the MSE of errors of about 0.01 on adding, whose tolerance is 0.04), where relative changes
+  are rounding noise (an even-pairs TCN went from 1e-4 to 2e-7 at a constant score);
 - "still improving": it improved by more, so more steps would probably lower the loss further;
 - "too few evaluations": fewer than MIN_EVALUATIONS, nothing to compare.
 
@@ -23,16 +26,18 @@ from __future__ import annotations
 import math
 
 PLATEAU_TOLERANCE = 0.01  # relative improvement of the best validation loss that still counts as flat
+LOSS_FLOOR = 1e-4  # a best validation loss below this is an essentially perfect fit
 MIN_EVALUATIONS = 3
 VERDICTS = ("solved", "plateau", "still improving", "too few evaluations")
 
 
 def plateaued(losses: list[float]) -> bool:
     """Whether the best of the last third of `losses` (>= MIN_EVALUATIONS of them) improved on
-    the best before it by at most PLATEAU_TOLERANCE, relatively."""
+    the best before it by at most PLATEAU_TOLERANCE, relatively, or that best was below
+    LOSS_FLOOR already."""
     late = math.ceil(len(losses) / 3)
     early, recent = min(losses[:-late]), min(losses[-late:])
-    return recent >= (1 - PLATEAU_TOLERANCE) * early
+    return early < LOSS_FLOOR or recent >= (1 - PLATEAU_TOLERANCE) * early
 
 
 def convergence(status: str, history: list[dict]) -> str | None:

@@ -75,6 +75,11 @@ def without(batch: Batch, drop: torch.Tensor) -> Batch:
     return Batch(batch.inputs, torch.where(drop.view(shape), IGNORE, batch.targets), batch.mask)
 
 
+def grow(buffer: torch.Tensor, size: int) -> torch.Tensor:
+    """buffer extended to at least size entries (doubling), its contents kept."""
+    return torch.cat([buffer, buffer.new_empty(max(size, 2 * len(buffer)) - len(buffer))])
+
+
 class Seen:
     """The training rows at one length, kept as codes on the device; called on every training
     batch (TrainStep's screen) it records the batch and, when excluding, leaves held-out rows out.
@@ -90,9 +95,13 @@ class Seen:
         self.held = torch.cat([self.validation, self.test]).unique()  # sorted
         space = task.input_space(length)
         self.coverage = None if space is None else len(self.held) / space
-        self.exclude = self.coverage is not None and self.coverage < EXCLUDE_BELOW
+        # (leaving a row out takes the cross-entropy's ignore index: classes only; every token
+        # task of the suite has classes)
+        self.exclude = (self.coverage is not None and self.coverage < EXCLUDE_BELOW
+                        and task.target == "classes")
         self.rows = torch.empty(capacity, dtype=torch.long, device=device)
-        self.used = torch.empty(capacity, dtype=torch.bool, device=device)
+        # which rows entered a loss (only rows equal to a held-out one can be left out)
+        self.used = torch.empty(capacity if self.exclude else 0, dtype=torch.bool, device=device)
         self.count = 0  # rows written (a host integer: no synchronisation)
 
     @classmethod
@@ -119,25 +128,24 @@ class Seen:
         n = len(code)
         end = self.count + n
         if end > len(self.rows):  # more rows than the capacity promised: grow (host-side size)
-            grow = max(end, 2 * len(self.rows)) - len(self.rows)
-            self.rows = torch.cat([self.rows, self.rows.new_empty(grow)])
-            self.used = torch.cat([self.used, self.used.new_empty(grow)])
+            self.rows = grow(self.rows, end)
+            self.used = grow(self.used, end) if self.exclude else self.used
         self.rows[self.count : end] = code
         if self.exclude:
             drop = self.held_out(code)
             drop &= ~drop.all()
             batch = without(batch, drop)
             torch.logical_not(drop, out=self.used[self.count : end])
-        else:
-            self.used[self.count : end] = True
         self.count = end
         return batch
 
     def fractions(self) -> tuple[float, float]:
         """(test, validation) fractions of rows whose code a training row that entered a loss had
         (one synchronisation)."""
-        trained = self.rows[: self.count][self.used[: self.count]]
-        return tuple(torch.isin(held, trained).float().mean().item()
+        trained = self.rows[: self.count]
+        if self.exclude:
+            trained = trained[self.used[: self.count]]
+        return tuple(torch.isin(held, trained).sum().item() / len(held)  # an exact ratio
                      for held in (self.test, self.validation))
 
     def keep(self, batch: Batch) -> Batch:

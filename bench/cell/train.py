@@ -39,7 +39,7 @@ import traceback
 import torch
 
 from seqbench.cell.config import CellConfig
-from seqbench.cell.convergence import convergence, converged
+from seqbench.cell.convergence import converged, convergence
 from seqbench.cell.gradflow import gradient_flow
 from seqbench.cell.record import CellRecord
 from seqbench.cell.seen import Seen
