@@ -202,13 +202,17 @@ def shortcut(task: Task, cfg: CellConfig, validation: list[Batch], test: list[Ba
              ood: dict | None, seen: Seen | None) -> dict:
     """The shortcut learner's result on the cell's held-out sets (seqbench.cell.shortcut), fitted
     on the cell's "shortcut" stream at its length, under the cell's exclusion rule, with its cost
-    in seconds."""
+    in seconds. Keys sorted, as a stored record reads back (so a table made from the record in
+    memory matches one made from the file)."""
     t0 = time.perf_counter()
     result = shortcut_score(
         task, cfg.length, generator(cfg.seed, "shortcut", cfg.device), validation, test,
         cfg.device, keep=None if seen is None else seen.keep,
         ood=None if ood is None else (ood["validation"], ood["test"]))
-    return result | {"seconds": time.perf_counter() - t0}
+    result["seconds"] = time.perf_counter() - t0
+    if "ood_choice" in result:
+        result["ood_choice"] = dict(sorted(result["ood_choice"].items()))
+    return dict(sorted(result.items()))
 
 
 def _loop(cfg: CellConfig, task: Task, record: CellRecord, start: float, model,
