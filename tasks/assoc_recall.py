@@ -31,6 +31,8 @@ same draws and give the same batches, but for ties among float64 values (probabi
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from seqbench.strict import require
@@ -76,6 +78,10 @@ class AssocRecall(Task):
         targets = keys.new_zeros(b, 3 * d)
         torch.gather(values, 1, order, out=targets[:, 2 * d :])
         return Batch(inputs, targets, scored_tail(b, 3 * d, d, device))
+
+    def input_space(self, length):
+        # an ordered tuple of D distinct keys, D values, an order of the D queries, all uniform
+        return math.perm(N_KEYS, length) * N_VALUES**length * math.factorial(length)
 
     def chance(self, length):
         return 1 / N_VALUES

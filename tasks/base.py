@@ -45,6 +45,9 @@ def scored_tail(batch_size: int, seq_len: int, n: int, device) -> torch.Tensor:
     return mask.expand(batch_size, -1)
 
 
+IGNORE = -100  # a target the loss skips (cross-entropy's ignore_index)
+
+
 class Task:
     """Base class; subclasses set the class attributes and implement sample() and chance()."""
 
@@ -104,6 +107,15 @@ class Task:
         """Headline score of the best input-independent guesser (exact)."""
         raise NotImplementedError
 
+    def input_space(self, length: int) -> int | None:
+        """How many distinct inputs the sampler draws from at this length, or None where that is
+        not enumerable (real-valued inputs). Exactly: the number N such that no single input has
+        probability above 1/N (the support's size for a sampler whose inputs are all equally
+        likely, as in every task but dyck), so that H held-out sequences carry at most H / N of
+        the training distribution (seqbench.cell.seen decides on it whether to keep held-out
+        sequences out of training)."""
+        return None
+
     def baseline_loss(self, length: int) -> float | None:
         """Loss of the best memoryless/constant predictor, where the literature quotes one."""
         return None
@@ -120,9 +132,10 @@ class Task:
             return F.mse_loss(out[..., 0].float(), batch.targets)
         if self.readout == "final":
             return F.cross_entropy(out.float(), batch.targets)
-        if self.loss_on == "all":
-            return F.cross_entropy(out.flatten(0, 1).float(), batch.targets.flatten())
-        return F.cross_entropy(out[batch.mask].float(), batch.targets[batch.mask])
+        targets = batch.targets
+        if self.loss_on != "all":  # unscored positions take the ignored index: no boolean
+            targets = targets.masked_fill(~batch.mask, IGNORE)  # indexing, so no device sync
+        return F.cross_entropy(out.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
 
     def score(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Per-sample headline score in [0, 1], shape (B,); its mean is the task's score."""

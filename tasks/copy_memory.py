@@ -43,6 +43,9 @@ class CopyMemory(Task):
         return Batch(inputs, targets,
                      scored_tail(batch_size, self.seq_len(length), N_SYMBOLS, device))
 
+    def input_space(self, length):
+        return 8**N_SYMBOLS  # the ten symbols; blanks and delimiters are fixed, whatever T
+
     def chance(self, length):
         return 1 / 8
 

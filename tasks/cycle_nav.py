@@ -54,5 +54,8 @@ class CycleNav(Task):
         final_state = (actions - 1).sum(1) % CYCLE
         return Batch(actions, (final_state + 1) % CYCLE)
 
+    def input_space(self, length):
+        return 3**length  # uniform action strings
+
     def chance(self, length):
         return 1 / CYCLE + 2 / CYCLE * (PHI_1**length + PHI_2**length)

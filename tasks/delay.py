@@ -48,5 +48,8 @@ class Delay(Task):
         targets = torch.cat([inputs.new_zeros(batch_size, length), inputs[:, :length]], dim=1)
         return Batch(inputs, targets, scored_tail(batch_size, 2 * length, length, device))
 
+    def input_space(self, length):
+        return N_SYMBOLS ** (2 * length)  # uniform tokens
+
     def chance(self, length):
         return 1 / N_SYMBOLS

@@ -91,6 +91,23 @@ def guard(length: int) -> int:
     return max(3, length // 4)
 
 
+@functools.cache
+def eligible_shapes(n: int, g: int) -> int:
+    """How many Dyck words with n pairs have an eligible pair (nested, span >= g), exactly: all
+    Catalan(n) words minus those whose every nested pair spans less than g. A pair holding k pairs
+    spans 2k + 1, so in those every pair at level 2 holds at most K = (g - 2) // 2 pairs (any
+    word inside), and a top-level pair holds a sequence of such level-2 pairs: with F[m] the
+    sequences of m pairs in all, F[m] = sum_{k <= K} Catalan(k) F[m - 1 - k], and the words are
+    sequences of top-level pairs, W[n] = sum_m F[m] W[n - 1 - m]."""
+    top = (g - 2) // 2
+    forests, words = [1], [1]
+    for m in range(1, n + 1):
+        forests.append(sum(math.comb(2 * k, k) // (k + 1) * forests[m - 1 - k]
+                           for k in range(min(top, m - 1) + 1)))
+        words.append(sum(forests[i] * words[m - 1 - i] for i in range(m)))
+    return math.comb(2 * n, n) // (n + 1) - words[n]
+
+
 def dyck_shapes(b: int, n: int, generator: torch.Generator, device) -> torch.Tensor:
     """(b, 2n) bool, True at opening brackets: uniform Dyck words with n pairs (cycle lemma)."""
     keys = torch.rand(b, 2 * n + 1, generator=generator, device=device, dtype=torch.float64)
@@ -267,6 +284,14 @@ class Dyck(Task):
         src, flip = skeleton(opens, partner, b1, positive[:, None])
         bits = torch.randint(0, 2, src.shape, generator=generator, device=device)
         return tokens(bits, src, flip, opens)
+
+    def input_space(self, length):
+        """Shapes are uniform over the E shapes with an eligible pair and, given (shape, B), the
+        string is fixed by the kinds of the n - 1 pairs other than B, uniform: a string has
+        probability at most (1/E) 2^-(n-1) (summing over the pairs B it may come from), so
+        E 2^(n-1) bounds the inputs from below in the sense of Task.input_space."""
+        n = length // 2
+        return eligible_shapes(n, guard(length)) * 2 ** (n - 1)
 
     def chance(self, length):
         return 0.5

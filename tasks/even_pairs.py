@@ -36,5 +36,8 @@ class EvenPairs(Task):
         changes = (bits[:, 1:] != bits[:, :-1]).sum(1)
         return Batch(bits, changes % 2)
 
+    def input_space(self, length):
+        return 2**length  # uniform bit strings
+
     def chance(self, length):
         return 1.0 if length < 2 else 0.5

@@ -46,5 +46,10 @@ class Induction(Task):
         tokens[:, -1] = TRIGGER
         return Batch(tokens, tokens.gather(1, first + 1).squeeze(1))
 
+    def input_space(self, length):
+        # the first trigger's position, uniform in the first half, and uniform ordinary tokens at
+        # the L - 2 other positions (the first trigger is visible, so distinct draws differ)
+        return length // 2 * TRIGGER ** (length - 2)
+
     def chance(self, length):
         return 1 / TRIGGER

@@ -136,6 +136,9 @@ class ModArith(Task):
         inputs = torch.cat([numbers[:, :1], steps], dim=1)
         return Batch(inputs, table.classes.index_select(0, final_state(numbers, codes)))
 
+    def input_space(self, length):
+        return MODULUS ** (length + 1) * 3**length  # uniform numbers and operators
+
     def chance(self, length):
         a = b = 1.0
         for _ in range(length):

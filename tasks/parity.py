@@ -26,5 +26,8 @@ class Parity(Task):
         bits = torch.randint(0, 2, (batch_size, length), generator=generator, device=device)
         return Batch(bits, bits.sum(1) % 2)
 
+    def input_space(self, length):
+        return 2**length  # uniform bit strings
+
     def chance(self, length):
         return 0.5

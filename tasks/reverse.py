@@ -44,5 +44,8 @@ class Reverse(Task):
         targets = torch.cat([torch.zeros_like(bits), bits.flip(1)], dim=1)
         return Batch(inputs, targets, scored_tail(batch_size, 2 * length, length, device))
 
+    def input_space(self, length):
+        return 2**length  # the bits; the output-empty steps are fixed
+
     def chance(self, length):
         return 0.5

@@ -24,6 +24,8 @@ stream (a new task version).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -63,6 +65,10 @@ class SelectiveCopy(Task):
         inputs.scatter_(1, positions, tokens)
         targets = F.pad(tokens, (region, 0), value=NOISE)
         return Batch(inputs, targets, scored_tail(batch_size, region + N_DATA, N_DATA, device))
+
+    def input_space(self, length):
+        # uniform K-subsets of the L + K positions, uniform tokens at them
+        return math.comb(length + N_DATA, N_DATA) * N_SYMBOLS**N_DATA
 
     def chance(self, length):
         return 1 / N_SYMBOLS

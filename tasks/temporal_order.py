@@ -58,5 +58,11 @@ class TemporalOrder(Task):
         inputs.scatter_(1, torch.cat([t1, t2], dim=1), X + relevant)
         return Batch(inputs, 2 * relevant[:, 0] + relevant[:, 1])
 
+    def input_space(self, length):
+        # t1, t2 uniform in disjoint windows (the X/Y tokens show them), their two symbols, and
+        # uniform distractors at the L - 4 other steps
+        (lo1, hi1), (lo2, hi2) = windows(length)
+        return (hi1 - lo1 + 1) * (hi2 - lo2 + 1) * 4 * N_DISTRACTORS ** (length - 4)
+
     def chance(self, length):
         return 0.25

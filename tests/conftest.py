@@ -55,6 +55,24 @@ def task(request) -> Task:
     return get_task(request.param)
 
 
+def wrong_test_labels(monkeypatch) -> None:
+    """Make every test-set label of a two-class task wrong in the cells run from now on (the
+    validation sets and every input unchanged)."""
+    import dataclasses
+
+    import seqbench.cell.train as train
+
+    original = train.held_out
+
+    def wrong(task, cfg, stream="test", length=None, samples=None):
+        batches = original(task, cfg, stream, length, samples)
+        if stream != "test":
+            return batches
+        return [dataclasses.replace(b, targets=1 - b.targets) for b in batches]
+
+    monkeypatch.setattr(train, "held_out", wrong)
+
+
 def spy_on_run_cell(monkeypatch) -> list[CellConfig]:
     """Record the config of every cell the executors run (still running it)."""
     import seqbench.sweeps.executors

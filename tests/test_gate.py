@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import fake_record
 
+from seqbench.cell.config import PROTOCOL
 from seqbench.cli import main
 from seqbench.gate.accuracy import load_run, parse_tolerances
 from seqbench.results.store import Store
@@ -194,7 +195,8 @@ def rewrite_version(folder: Path, pattern: str, field: str) -> dict:
 @pytest.mark.parametrize(("field", "message"), [
     ("task_version", "task 'copy' has task_version 1 in the baseline and 2"),
     ("model_version", "model 'lstm' has model_version 1 in the baseline and 2"),
-    ("protocol", "the training protocol has protocol 2 in the baseline and 3"),
+    ("protocol", f"the training protocol has protocol {PROTOCOL} in the baseline and "
+                 f"{PROTOCOL + 1}"),
 ])
 def test_changed_definition_is_incomparable(tmp_path, capsys, field, message):
     """A current record of the same task/model/length/seed under another task or model version."""

@@ -233,12 +233,12 @@ def test_training_lengths_are_drawn_from_the_range(monkeypatch):
     assert set(train) <= {1, 2, 3, 4} and len(set(train)) >= 3
     draws = torch.Generator().manual_seed(2 * cfg.seed)
     assert train == [[1, 2, 3, 4][int(torch.randint(4, (), generator=draws))] for _ in range(12)]
-    # held-out sets: validation and test at N, then each test length's validation and test sets
-    # with `samples` sequences each
-    assert [(n, b) for n, b in calls if b in (16, 32)] == [(4, 16), (4, 16), (6, 32), (6, 32),
-                                                           (8, 32), (8, 32)]
+    # held-out sets: validation and test at N, then the validation and the test set at each test
+    # length with `samples` sequences each, then the shortcut learner's training sequences at N
+    assert [(n, b) for n, b in calls if b in (16, 32, 2048)] == [
+        (4, 16), (4, 16), (6, 32), (8, 32), (6, 32), (8, 32), (4, 2048)]
     # training batches come in blocks of 16 steps of one length (seqbench.cell.step.draw)
-    assert all(b == 8 * 16 for n, b in calls if b not in (16, 32))
+    assert all(b == 8 * 16 for n, b in calls if b not in (16, 32, 2048))
 
 
 def test_fixed_protocol_trains_at_n_only(monkeypatch):

@@ -1,12 +1,11 @@
 """One cell end to end: learning, determinism, failure statuses, and the record it leaves."""
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
 import torch
-from conftest import make_cell
+from conftest import make_cell, wrong_test_labels
 
 from seqbench.cell.config import CellConfig
 from seqbench.cell.record import STATUSES, CellRecord, CorruptRecord
@@ -210,19 +209,9 @@ def test_cell_config_is_strict(change, message):
 def test_the_test_set_drives_nothing(monkeypatch):
     """Early stopping and `solved` use the validation set only: scoring a different test set
     changes the headline score and nothing else."""
-    import seqbench.cell.train as train
-
     cfg = make_cell("parity", "gru", 2, **EASY)
     reference = run_cell(cfg)
-    original = train.held_out
-
-    def other_test_set(task, cfg, stream="test", length=None, samples=None):
-        batches = original(task, cfg, stream, length, samples)
-        if stream != "test":
-            return batches
-        return [dataclasses.replace(b, targets=1 - b.targets) for b in batches]  # every label wrong
-
-    monkeypatch.setattr(train, "held_out", other_test_set)
+    wrong_test_labels(monkeypatch)  # every test label wrong
     flipped = run_cell(cfg)
     assert (flipped.status, flipped.steps, flipped.history, flipped.val_score) == (
         reference.status, reference.steps, reference.history, reference.val_score)

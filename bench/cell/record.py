@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seqbench import display
+from seqbench.cell.convergence import VERDICTS, converged
 from seqbench.registry import BUILTIN
 from seqbench.strict import stable_key
 
@@ -30,6 +31,17 @@ LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # a set or variant name 
 KEY = re.compile(r"[0-9a-f]{16}")
 TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")  # an attempt's time, UTC
 ATTEMPT = ("status", "error", "time")  # the fields of one entry of CellRecord.attempts
+SEEN_METHODS = ("exact", "hash64", "real-valued")  # how seqbench.cell.seen counted
+# the shortcut learner's result (seqbench.cell.shortcut.shortcut_score plus its cost): name ->
+# (JSON types, required); scores lie in [0, 1]; the ood_ entries only for length generalisation
+CHOICE_FIELDS = {"family": ((str,), True), "learner": ((str,), True), "k": ((int,), True),
+                 "ngrams": ((int, type(None)), True), "alpha": ((float, int, type(None)), True)}
+SHORTCUT_FIELDS = CHOICE_FIELDS | {
+    "score": ((float, int), True), "val_score": ((float, int), True),
+    "window_score": ((float, int), True), "pooled_score": ((float, int), True),
+    "train_samples": ((int,), True), "seconds": ((float, int), True),
+    "ood_score": ((float, int), False), "ood_scores": ((list,), False),
+    "ood_val_score": ((float, int), False), "ood_choice": ((dict,), False)}
 
 
 class CorruptRecord(ValueError):
@@ -97,6 +109,16 @@ class CellRecord:
     # its message or null, "time": when it was stored, "YYYY-MM-DDTHH:MM:SSZ"}; the record itself
     # is the latest attempt
     attempts: list = field(default_factory=list)
+    # ---- can the comparison be trusted (seqbench.cell.seen, .convergence, .shortcut)
+    # the shortcut learner's result on this cell's validation and test sets (SHORTCUT_FIELDS)
+    shortcut: dict | None = None
+    seen_fraction: float | None = None  # test sequences also drawn in training, a fraction
+    val_seen_fraction: float | None = None  # the same for the validation sequences
+    seen_method: str = ""  # how they were counted: one of SEEN_METHODS ("" before training)
+    heldout_coverage: float | None = None  # distinct held-out inputs / the task's input space
+    test_excluded: bool = False  # training left out every row equal to a held-out sequence
+    converged: bool = False  # solved, or the validation loss reached a plateau
+    convergence: str | None = None  # one of convergence.VERDICTS; None for a failed cell
     schema: int = SCHEMA
 
     # ---- what tables need, without the config classes
@@ -189,6 +211,33 @@ class CellRecord:
                 raise InvalidValue(f"{name} missing from a record with status {self.status!r}")
         for i, attempt in enumerate(self.attempts):
             _check_attempt(f"attempts[{i}]", attempt)
+        self._check_trust()
+
+    def _check_trust(self) -> None:
+        for name in ("seen_fraction", "val_seen_fraction", "heldout_coverage"):
+            _score(name, getattr(self, name))  # fractions: finite, in [0, 1]
+        if self.seen_method not in ("", *SEEN_METHODS):
+            raise CorruptRecord(f"seen_method {self.seen_method!r} is not one of "
+                                f"{', '.join(SEEN_METHODS)} (or empty)")
+        if self.convergence not in (None, *VERDICTS):
+            raise CorruptRecord(f"convergence {self.convergence!r} is not one of "
+                                f"{', '.join(VERDICTS)} (or null)")
+        if self.converged != converged(self.convergence):
+            raise CorruptRecord(f"converged {self.converged} contradicts convergence "
+                                f"{self.convergence!r}")
+        if self.shortcut is not None:
+            _fields("shortcut", self.shortcut, SHORTCUT_FIELDS)
+            for name in ("score", "val_score", "window_score", "pooled_score", "ood_score",
+                         "ood_val_score"):
+                _score(f"shortcut.{name}", self.shortcut.get(name))
+            for i, value in enumerate(self.shortcut.get("ood_scores", [])):
+                if type(value) not in (float, int):
+                    raise CorruptRecord(f"shortcut.ood_scores[{i}]: expected a number")
+                _score(f"shortcut.ood_scores[{i}]", value)
+            if "ood_choice" in self.shortcut:
+                _fields("shortcut.ood_choice", self.shortcut["ood_choice"], CHOICE_FIELDS)
+            if self.shortcut["seconds"] < 0 or self.shortcut["train_samples"] < 1:
+                raise CorruptRecord("shortcut: seconds must be >= 0 and train_samples >= 1")
 
     def identical_failures(self) -> int:
         """How many attempts in a row, ending with this record, failed the same way (same status
@@ -239,6 +288,21 @@ def styles(family: str, model_display: dict, task: str, task_display: dict,
     shown_task = dict(task_display or display.task(task))
     shown_task["label"] = display.shown(shown_task["label"], task, BUILTIN["task"])
     return model, shown_task
+
+
+def _fields(name: str, data: dict, spec: dict) -> None:
+    """Raise CorruptRecord unless data has only spec's keys, the required ones at least, each of
+    one of its JSON types (bool is not a number)."""
+    for key, (types, required) in spec.items():
+        if key not in data:
+            if required:
+                raise CorruptRecord(f"{name}: missing {key!r}")
+        elif type(data[key]) not in types:
+            raise CorruptRecord(f"{name}.{key}: unexpected {type(data[key]).__name__} "
+                                f"{data[key]!r:.60}")
+    unknown = sorted(set(data) - set(spec))
+    if unknown:
+        raise CorruptRecord(f"{name}: unknown entry {unknown[0]!r}")
 
 
 def _score(name: str, value: Any) -> None:

@@ -38,6 +38,7 @@ MIN_SEQUENCES); every fit is a count, every prediction a lookup.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -199,16 +200,18 @@ def design(p: Points, k: int, pooled: bool) -> torch.Tensor:
 
 
 class LeastSquares:
-    """Linear least squares on the window (window family) and on window + prefix sums (pooled)."""
+    """Linear least squares on the window (window family) and on window + prefix sums (pooled),
+    solved in float64 with a small ridge: columns can be collinear (at adding L=2 both markers
+    are always 1, as is the bias), where float32 loses the ridge and the solve fails."""
 
     def __init__(self, train: Points):
         self.weights = {}
         for family in ("window", "pooled"):
             for k in ORDERS:
-                a = design(train, k, family == "pooled")
-                gram = a.T @ a + 1e-6 * torch.eye(a.shape[1], device=a.device)
+                a = design(train, k, family == "pooled").double()
+                gram = a.T @ a + 1e-6 * torch.eye(a.shape[1], device=a.device, dtype=a.dtype)
                 self.weights[Variant(family, "least_squares", k)] = torch.linalg.solve(
-                    gram, a.T @ train.y)
+                    gram, a.T @ train.y.double()).float()
 
     def __call__(self, p: Points) -> dict[Variant, torch.Tensor]:
         return {v: design(p, v.k, v.family == "pooled") @ w for v, w in self.weights.items()}
@@ -256,33 +259,68 @@ def train_size(task: Task, length: int, train_samples: int) -> int:
     return min(train_samples, max(MIN_SEQUENCES, MAX_WORK // work))
 
 
+def fit(task: Task, length: int, train_gen: torch.Generator, device, train_samples: int = 2048,
+        keep: Callable[[Batch], Batch] | None = None) -> tuple[list, int]:
+    """The fitted learners and the number of training sequences they saw: train_size(...)
+    sequences drawn from train_gen, less those keep leaves out (the cell's held-out sequences
+    where its training excludes them, seqbench.cell.seen)."""
+    batch = task.sample(length, train_size(task, length, train_samples), train_gen, device)
+    if keep is not None:
+        batch = keep(batch)
+    return learners(task, points(task, batch)), len(batch.inputs)
+
+
+def choose(task: Task, fitted: list, val_batches: list[Batch]) -> tuple[Variant, dict, dict]:
+    """The variant best on the validation batches, the best of each family, and every variant's
+    validation score (max keeps the first of ties: the order of the learners and ALPHAS)."""
+    val = evaluate(task, fitted, [points(task, b) for b in val_batches])
+    best = {family: max((v for v in val if v.family == family), key=val.__getitem__)
+            for family in ("window", "pooled")}
+    return max(best.values(), key=val.__getitem__), best, val
+
+
+def describe(variant: Variant) -> dict:
+    return {"family": variant.family, "learner": variant.learner, "k": variant.k,
+            "ngrams": variant.ngrams, "alpha": variant.alpha}
+
+
 def shortcut_score(task: Task, length: int, train_gen: torch.Generator,
                    val_batches: list[Batch] | None, test_batches: list[Batch], device,
-                   *, train_samples: int = 2048, val_samples: int = 512) -> dict:
+                   *, train_samples: int = 2048, val_samples: int = 512,
+                   keep: Callable[[Batch], Batch] | None = None,
+                   ood: tuple[list[list[Batch]], list[list[Batch]]] | None = None) -> dict:
     """Fit the shortcut learners on the task's training stream, choose on validation, score on
     the test batches (the held-out set the models are scored on).
 
     train_gen: the generator the training sequences are drawn from (a stream of its own, so the
     models' training batches do not change). val_batches: None draws val_samples sequences from
-    train_gen after the training ones. Returns the test score of the variant best on validation
-    ("score"), its settings ("family", "learner", "k", "ngrams", "alpha"; None where they do not
-    apply) and validation score, the test score of each family's best variant on validation
-    ("window_score", "pooled_score") and the number of training sequences ("train_samples").
+    train_gen after the training ones. keep: see fit. Returns the test score of the variant best
+    on validation ("score"), its settings ("family", "learner", "k", "ngrams", "alpha"; None where
+    they do not apply) and validation score, the test score of each family's best variant on
+    validation ("window_score", "pooled_score") and the number of training sequences
+    ("train_samples").
+
+    ood: (validation, test) batches at each test length of a length-generalisation cell. The
+    learners fitted at `length` are then also chosen on all the validation batches together (the
+    mean over the test lengths, each with as many samples) and scored at each test length:
+    "ood_scores", their mean "ood_score", "ood_val_score" and the variant, "ood_choice".
     """
-    n = train_size(task, length, train_samples)
-    train = points(task, task.sample(length, n, train_gen, device))
+    fitted, n = fit(task, length, train_gen, device, train_samples, keep)
     if val_batches is None:
         val_batches = [task.sample(length, val_samples, train_gen, device)]
-    fitted = learners(task, train)
-    val = evaluate(task, fitted, [points(task, b) for b in val_batches])
-    best = {family: max((v for v in val if v.family == family), key=val.__getitem__)
-            for family in ("window", "pooled")}  # max keeps the first of ties
-    chosen = max(best.values(), key=val.__getitem__)
+    chosen, best, val = choose(task, fitted, val_batches)
     test = evaluate(task, fitted, [points(task, b) for b in test_batches])  # after the choice
-    return {"score": test[chosen], "family": chosen.family, "learner": chosen.learner,
-            "k": chosen.k, "ngrams": chosen.ngrams, "alpha": chosen.alpha,
-            "val_score": val[chosen], "window_score": test[best["window"]],
-            "pooled_score": test[best["pooled"]], "train_samples": n}
+    out = {"score": test[chosen], **describe(chosen), "val_score": val[chosen],
+           "window_score": test[best["window"]], "pooled_score": test[best["pooled"]],
+           "train_samples": n}
+    if ood is not None:
+        ood_val, ood_test = ood
+        chosen, _, val = choose(task, fitted, [b for batches in ood_val for b in batches])
+        scores = [evaluate(task, fitted, [points(task, b) for b in batches])[chosen]
+                  for batches in ood_test]
+        out |= {"ood_score": sum(scores) / len(scores), "ood_scores": scores,
+                "ood_val_score": val[chosen], "ood_choice": describe(chosen)}
+    return out
 
 
 __all__ = ["shortcut_score"]

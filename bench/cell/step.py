@@ -24,13 +24,16 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from seqbench.tasks import Batch, Task
 
-STREAMS = ("train", "validation", "test")  # a cell's three independent random streams
+# a cell's independent random streams: training batches, validation set, test set, and the
+# training sequences of its shortcut learner (seqbench.cell.shortcut)
+STREAMS = ("train", "validation", "test", "shortcut")
 PREFETCH_STEPS = 16  # training batches drawn per sampler call, at most
 PREFETCH_ELEMENTS = 1 << 22  # input elements drawn per sampler call, at most (memory)
 
@@ -50,7 +53,7 @@ def draw(task: Task, length: int, batch_size: int, steps: int, gen: torch.Genera
 
 
 def generator(seed: int, stream: str, device: str | torch.device) -> torch.Generator:
-    """The random stream `stream` of a cell seed: training batches, validation set, test set."""
+    """The random stream `stream` (one of STREAMS) of a cell seed."""
     return torch.Generator(device=device).manual_seed(len(STREAMS) * seed + STREAMS.index(stream))
 
 
@@ -114,12 +117,14 @@ class Window:
 class TrainStep:
     """Calling it runs one training step (see the module docstring). lengths: the lengths a batch
     may have (one, or the valid lengths up to N for length generalisation: drawn uniformly per
-    step on the host). autocast: a torch.autocast dtype for forward and loss, or None."""
+    step on the host). autocast: a torch.autocast dtype for forward and loss, or None. screen:
+    called on every drawn batch with its length, returns the batch to train on (a cell's
+    seqbench.cell.seen.Seen: it records the rows and may leave held-out ones out of the loss)."""
 
     def __init__(self, model: torch.nn.Module, task: Task, *, lengths: list[int], batch_size: int,
                  lr: float, weight_decay: float = 0.0, clip: float = 0.0, seed: int = 0,
                  device: str | torch.device = "cpu", autocast: torch.dtype | None = None,
-                 compile: str = "none"):
+                 compile: str = "none", screen: Callable[[Batch, int], Batch] | None = None):
         self.model, self.task, self.lengths, self.batch_size = model, task, lengths, batch_size
         # the forward the step runs: the model itself, or torch.compile's version of it (the
         # first call compiles; its time is kept apart in compile_s, not in the window's time)
@@ -134,6 +139,7 @@ class TrainStep:
                          else contextlib.nullcontext())
         self.clock = Stopwatch(device)
         self._blocks: dict[int, list[Batch]] = {}  # length -> prefetched batches, next last
+        self.screen = screen
         self.step_count = 0
         self._reset()
         self._initial = torch.zeros((), device=self.device)
@@ -167,6 +173,8 @@ class TrainStep:
         length = self.length()
         self.clock.start()
         batch = self.batch(length)
+        if self.screen is not None:
+            batch = self.screen(batch, length)
         with self.autocast:
             loss = self.task.loss(self.forward(batch.inputs), batch)
         self.opt.zero_grad(set_to_none=True)

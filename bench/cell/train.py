@@ -1,12 +1,20 @@
 """Train and evaluate one cell: config -> task + model -> optimise on fresh batches -> record.
 
-Three independent random streams per cell seed (seqbench.cell.step.generator): training batches
-(a fresh batch every step: infinite data), the validation set and the test set. Each held-out set
-depends only on (task, length, seed, samples), so every model is scored on the same sequences.
-Every choice is made on the validation set: early stopping (the cell is `solved` and stops once
-its validation score reaches the task's threshold at an evaluation), the hyper-parameter set a
-report shows, the gradient-flow batch. The test set is scored once, after training, and gives the
-headline score (`score`); it never drives anything.
+Four independent random streams per cell seed (seqbench.cell.step.generator): training batches
+(a fresh batch every step: infinite data), the validation set, the test set, and the shortcut
+learner's training sequences. Each held-out set depends only on (task, length, seed, samples), so
+every model is scored on the same sequences. Every choice is made on the validation set: early
+stopping (the cell is `solved` and stops once its validation score reaches the task's threshold
+at an evaluation), the hyper-parameter set a report shows, the gradient-flow batch, the shortcut
+learner's variant. The test set is scored once, after training, and gives the headline score
+(`score`); its labels never drive anything, and its inputs reach training only where training
+leaves held-out sequences out (seqbench.cell.seen).
+
+What makes a comparison trustworthy is recorded beside the score: the shortcut learner's score on
+the same validation and test sets (seqbench.cell.shortcut; fitted on its own stream at the cell's
+length, and for a length-generalisation cell also scored at the test lengths), the fraction of
+test and validation sequences that training also drew and whether training excluded them
+(seqbench.cell.seen), and whether training converged (seqbench.cell.convergence).
 
 Training stops at the step budget (`budget`), once solved, on a non-finite loss or gradient norm or
 a training loss above DIVERGENCE_FACTOR times the first step's (`diverged`, naming the step), or
@@ -31,8 +39,11 @@ import traceback
 import torch
 
 from seqbench.cell.config import CellConfig, display_of, plugins_env
+from seqbench.cell.convergence import converged, convergence
 from seqbench.cell.gradflow import gradient_flow
 from seqbench.cell.record import CellRecord
+from seqbench.cell.seen import Seen
+from seqbench.cell.shortcut import shortcut_score
 from seqbench.cell.step import TrainStep, generator
 from seqbench.env import environment
 from seqbench.models import build_model, count_parameters
@@ -149,12 +160,66 @@ def _train(cfg: CellConfig, task: Task, record: CellRecord, start: float) -> Non
     model = build_model(cfg.model, task.io, cfg.params, cfg.hparams, max_len).to(cfg.device)
     record.params_actual = count_parameters(model)
     record.model_info = model.info
-    validation = held_out(task, cfg, "validation")
+    validation, test = held_out(task, cfg, "validation"), held_out(task, cfg, "test")
+    ood = ood_sets(task, cfg)
+    seen = Seen.for_task(task, cfg.length, validation, test, tc.steps * tc.batch_size, cfg.device)
+    record.test_excluded = seen is not None and seen.exclude
+    record.heldout_coverage = None if seen is None else seen.coverage
+    record.shortcut = shortcut(task, cfg, validation, test, ood, seen)
     flow = flow_batch(validation, tc.batch_size)
     record.grad_flow = {"untrained": gradient_flow(model, task, flow)}
     step = TrainStep(model, task, lengths=cfg.train_lengths(), batch_size=tc.batch_size,
                      lr=tc.lr, weight_decay=tc.weight_decay, clip=tc.clip, seed=cfg.seed,
-                     device=cfg.device, compile=tc.compile)
+                     device=cfg.device, compile=tc.compile, screen=seen)
+    try:
+        _loop(cfg, task, record, start, model, step, validation)
+    finally:  # what training drew, whatever stopped it
+        if seen is None:
+            record.seen_fraction = record.val_seen_fraction = 0.0
+            record.seen_method = "real-valued"
+        else:
+            record.seen_fraction, record.val_seen_fraction = seen.fractions()
+            record.seen_method = seen.method
+    record.convergence = convergence(record.status, record.history)
+    record.converged = converged(record.convergence)
+    if record.status in ("diverged", "timeout"):
+        return
+    record.test_loss, record.score = evaluate(model, task, test)
+    record.grad_flow["trained"] = gradient_flow(model, task, flow)
+    if cfg.generalise is not None:
+        _generalisation(task, model, record, ood)
+
+
+def ood_sets(task: Task, cfg: CellConfig) -> dict[str, list[list[Batch]]] | None:
+    """A length-generalisation cell's held-out sets at each test length, per stream."""
+    g = cfg.generalise
+    if g is None:
+        return None
+    return {stream: [held_out(task, cfg, stream, n, g.samples) for n in g.lengths]
+            for stream in ("validation", "test")}
+
+
+def shortcut(task: Task, cfg: CellConfig, validation: list[Batch], test: list[Batch],
+             ood: dict | None, seen: Seen | None) -> dict:
+    """The shortcut learner's result on the cell's held-out sets (seqbench.cell.shortcut), fitted
+    on the cell's "shortcut" stream at its length, under the cell's exclusion rule, with its cost
+    in seconds. Keys sorted, as a stored record reads back (so a table made from the record in
+    memory matches one made from the file)."""
+    t0 = time.perf_counter()
+    result = shortcut_score(
+        task, cfg.length, generator(cfg.seed, "shortcut", cfg.device), validation, test,
+        cfg.device, keep=None if seen is None else seen.keep,
+        ood=None if ood is None else (ood["validation"], ood["test"]))
+    result["seconds"] = time.perf_counter() - t0
+    if "ood_choice" in result:
+        result["ood_choice"] = dict(sorted(result["ood_choice"].items()))
+    return dict(sorted(result.items()))
+
+
+def _loop(cfg: CellConfig, task: Task, record: CellRecord, start: float, model,
+          step: TrainStep, validation: list[Batch]) -> None:
+    """Train to the budget, a solved evaluation, divergence or the timeout."""
+    tc = cfg.train
     tokens = 0
     for n in range(1, tc.steps + 1):
         step()
@@ -183,22 +248,16 @@ def _train(cfg: CellConfig, task: Task, record: CellRecord, start: float) -> Non
     record.compile_s = step.compile_s
     if record.train_time_s > 0:
         record.train_tokens_per_s = tokens / record.train_time_s
-    if record.status in ("diverged", "timeout"):
-        return
-    record.test_loss, record.score = evaluate(model, task, held_out(task, cfg, "test"))
-    record.grad_flow["trained"] = gradient_flow(model, task, flow)
-    if cfg.generalise is not None:
-        _generalisation(cfg, task, model, record)
 
 
-def _generalisation(cfg: CellConfig, task: Task, model, record: CellRecord) -> None:
+def _generalisation(task: Task, model, record: CellRecord, ood: dict) -> None:
     """Scores at each test length on both held-out streams; the validation mean decides
     `solved`, the test mean is the headline."""
-    g = cfg.generalise
-    record.ood_chance = [task.chance(n) for n in g.lengths]
-    for n in g.lengths:  # shortest first: an OOM keeps the scores before it
+    lengths = record.config["generalise"]["lengths"]
+    record.ood_chance = [task.chance(n) for n in lengths]
+    for i in range(len(lengths)):  # shortest first: an OOM keeps the scores before it
         for stream, scores in (("validation", record.ood_val_scores), ("test", record.ood_scores)):
-            scores.append(evaluate(model, task, held_out(task, cfg, stream, n, g.samples))[1])
+            scores.append(evaluate(model, task, ood[stream][i])[1])
     record.ood_score = sum(record.ood_scores) / len(record.ood_scores)
     val = sum(record.ood_val_scores) / len(record.ood_val_scores)
     if val >= task.solve_threshold:
