@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_cell
+from conftest import make_cell, record_for
 
-from seqbench.cell.record import CellRecord
 from seqbench.strict import ConfigError
 from seqbench.sweeps import gpucheck
 from seqbench.sweeps.projection import (
@@ -74,17 +73,13 @@ def test_fit_keeps_both_coefficients_non_negative(points, expected):
     assert got.a == pytest.approx(expected.a) and got.b == pytest.approx(expected.b)
 
 
-def timed(task, model, length, seconds_per_step, *, steps=200, variant="", status="budget",
-          tokens_per_step=None):
+def timed(task, model, length, seconds_per_step, *, steps=200, variant="", status="budget"):
     """A finished record of a cell that took seconds_per_step per training step."""
     cfg = make_cell(task, model, length, steps=steps)
-    payload = cfg.payload()
-    tokens = tokens_per_step or cfg.train.batch_size * length
-    return CellRecord(key=cfg.key(), config=cfg.to_dict(), key_payload=payload,
-                      task_version=payload["task_version"], model_version=payload["model_version"],
-                      status=status, seq_len=length, steps=steps, score=0.5,
+    tokens = cfg.train.batch_size * length
+    return record_for(cfg, status, score=0.5, variant=variant,
                       train_time_s=steps * seconds_per_step,
-                      train_tokens_per_s=tokens / seconds_per_step, variant=variant)
+                      train_tokens_per_s=tokens / seconds_per_step)
 
 
 def test_observations_are_per_step_and_per_label():

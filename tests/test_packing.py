@@ -11,21 +11,19 @@ from concurrent.futures import Future
 
 import pytest
 import torch
-from conftest import make_cell
+from conftest import make_cell, record_for
 from test_executors import TINY, same_figures
 
 import seqbench.cell.cli
 import seqbench.sweeps.cli
 import seqbench.sweeps.executors as ex
 import seqbench.sweeps.packing as packing
-from seqbench.cell.config import display_of
 from seqbench.cell.record import CellRecord
 from seqbench.cli import main
 from seqbench.sweeps.driver import default_workers, run_sweep
 from seqbench.sweeps.executors import LocalExecutor, RayExecutor, _init_worker, visible_gpus
 from seqbench.sweeps.packing import CONTEXT_BYTES, MAX_CELLS_PER_GPU, Slot, cells_per_gpu, slots
 from seqbench.sweeps.spec import load_spec
-from seqbench.tasks import get_task
 
 GIB = float(1 << 30)
 
@@ -175,13 +173,8 @@ def test_free_gpu_memory_is_none_without_a_gpu():
 
 def record_of(cfg, status: str = "budget") -> CellRecord:
     """A record as a cell of cfg would return it (no training, no GPU needed)."""
-    task, payload = get_task(cfg.task), cfg.payload()
-    return CellRecord(
-        key=cfg.key(), config=cfg.to_dict(), key_payload=payload,
-        task_version=payload["task_version"], model_version=payload["model_version"],
-        status=status, seq_len=task.seq_len(cfg.length), steps=cfg.train.steps,
-        score=0.5 if status == "budget" else None, error="CUDA out of memory" if
-        status == "oom" else None, env={"device": cfg.device}, **display_of(cfg.model, cfg.task))
+    return record_for(cfg, status, score=0.5 if status == "budget" else None,
+                      error="CUDA out of memory" if status == "oom" else None)
 
 
 class FakeRay:

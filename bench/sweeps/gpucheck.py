@@ -27,9 +27,11 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -120,22 +122,37 @@ def run_stage(stage: Stage, out: Path, timeout: float, env: dict | None = None) 
         code = proc.wait(timeout=timeout)
         stage.status = "ok" if code == 0 else f"failed (exit {code})"
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        stop(proc)
         stage.status = f"timeout (killed after {timeout:g} s)"
+    except BaseException:  # Ctrl-C or SIGTERM of this script: the stage's group is its own
+        stop(proc)
+        raise
     reader.join(timeout=10)
     log.close()
     stage.seconds = time.monotonic() - start
     return stage
 
 
+def stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """End a stage's whole process group: SIGTERM (a sweep stops cleanly), SIGKILL after grace_s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 @contextmanager
 def mps_daemon(folder: Path):
-    """A CUDA MPS control daemon of our own (pipe and log folders under folder), started without
-    CUDA_VISIBLE_DEVICES (MPS would renumber the devices the workers name), stopped after; yields
-    the environment its clients need."""
-    pipe, logs = folder / "pipe", folder / "log"
-    pipe.mkdir(parents=True, exist_ok=True)
+    """A CUDA MPS control daemon of our own (its pipes in a new temporary folder, short enough for
+    a socket path; its log under folder), started without CUDA_VISIBLE_DEVICES (MPS would renumber
+    the devices the workers name), stopped after; yields the environment its clients need."""
+    pipe, logs = Path(tempfile.mkdtemp(prefix="seqbench-mps-")), folder / "log"
     logs.mkdir(parents=True, exist_ok=True)
     env = os.environ | {"CUDA_MPS_PIPE_DIRECTORY": str(pipe), "CUDA_MPS_LOG_DIRECTORY": str(logs)}
     daemon = {k: v for k, v in env.items() if k != "CUDA_VISIBLE_DEVICES"}
@@ -145,6 +162,7 @@ def mps_daemon(folder: Path):
     finally:
         subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True, env=daemon,
                        timeout=120, check=False)
+        shutil.rmtree(pipe, ignore_errors=True)
 
 
 def sweep_folder(out: Path, per_gpu: int | str, mps: bool = False) -> Path:
@@ -258,7 +276,12 @@ def summary(gpu: str, stages: list[Stage], runs: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)  # through run_stage, which stops the stage running
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         args = parse_args(argv)
         out, gpu = prepare(args)
@@ -325,9 +348,7 @@ def check_out(out: Path) -> None:
 
 
 def _which(name: str) -> bool:
-    from shutil import which
-
-    return which(name) is not None
+    return shutil.which(name) is not None
 
 
 if __name__ == "__main__":
