@@ -227,3 +227,19 @@ def test_summary_lists_runs_and_every_failure():
     assert "| sweep-1-per-gpu | 1 | 1 | 34 | 90 | 1,360 | 72.0 h (3.00 days) |" in text
     assert "- measure-cuda-bf16: failed (exit 1) (see measure-cuda-bf16.log)" in text
     assert "- sweep-1-per-gpu: copy gru L=100: oom: x" in text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_failing_stage_fails_the_run_loudly(tmp_path, monkeypatch, capsys):
+    """The whole script past its GPU check, on a CPU: the sweep stage's command exits 2 (no
+    CUDA), so the run exits 1 and its summary names the stage and its log."""
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(gpucheck, "prepare", lambda args: (out, "Fake GPU"))
+    monkeypatch.setattr(gpucheck.signal, "signal", lambda *args: None)  # keep pytest's handlers
+    assert gpucheck.main(["--stages", "sweeps", "--packing", "1"]) == 1
+    summary = (out / "summary.md").read_text()
+    assert "| sweep-1-per-gpu | failed (exit 2) |" in summary
+    assert "- sweep-1-per-gpu: failed (exit 2) (see sweep-1-per-gpu.log)" in summary
+    assert "device: cuda is not available" in (out / "sweep-1-per-gpu.log").read_text()
+    assert "gpu_check: FAILED" in capsys.readouterr().out

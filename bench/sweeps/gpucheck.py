@@ -170,8 +170,10 @@ def sweep_folder(out: Path, per_gpu: int | str, mps: bool = False) -> Path:
 
 
 def sweep_stage(out: Path, per_gpu: int | str, timeout: float, mps: bool = False) -> tuple:
-    """Run the gpu-check sweep at one packing; (Stage, its run's figures or None)."""
+    """Run the gpu-check sweep at one packing; (Stage, its run's figures or None). A cell missing
+    or ending oom, error or timeout is a problem."""
     from seqbench.results.store import Store
+    from seqbench.sweeps.spec import preset
 
     folder = sweep_folder(out, per_gpu, mps)
     argv = [sys.executable, "-m", "seqbench.cli", "sweep", "--preset", PRESET, "--out",
@@ -190,8 +192,6 @@ def sweep_stage(out: Path, per_gpu: int | str, timeout: float, mps: bool = False
     if not (store / "env.json").exists():
         stage.problems.append(f"no results in {store}")
         return stage, None
-    from seqbench.sweeps.spec import preset
-
     records = list(Store(store).load().values())
     missing = len(preset(PRESET).cells()) - len(records)
     stage.problems += [f"{missing} cell(s) not stored"] if missing else []
@@ -227,6 +227,9 @@ def throughput(records: list, wall_s: float, executor: dict) -> dict:
 
 
 def measure_stage(out: Path, dtype: str, timeout: float) -> Stage:
+    """`seqbench measure --device cuda` for every family at MEASURE_LENGTHS in one dtype; a point
+    missing or not `ok` is a problem."""
+    from seqbench.models import FAMILIES
     from seqbench.results.store import Store
 
     name = f"measure-cuda-{dtype}"
@@ -234,8 +237,6 @@ def measure_stage(out: Path, dtype: str, timeout: float) -> Stage:
         sys.executable, "-m", "seqbench.cli", "measure", "--device", "cuda", "--dtype", dtype,
         "--lengths", MEASURE_LENGTHS, "--blocks", "5", "--out", str(out), "--name", name]),
         out, timeout)
-    from seqbench.models import FAMILIES
-
     points = (list(Store(out / name).read().measurements.values())
               if (out / name / "measurements").exists() else [])
     missing = len(FAMILIES) * len(MEASURE_LENGTHS.split(",")) - len(points)
@@ -292,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, dict] = {}
     if "tests" in args.stages:
         stages.append(run_stage(Stage("tests", [
-            sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--junitxml", str(out / "tests.xml"), *CUDA_TESTS]), out, args.stage_timeout))
+            sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--junitxml",
+            str(out / "tests.xml"), *CUDA_TESTS]), out, args.stage_timeout))
     if "sweeps" in args.stages:
         plan = [(n, False) for n in args.packing] + ([(args.packing[-1], True)] if args.mps
                                                       else [])
