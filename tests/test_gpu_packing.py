@@ -45,8 +45,8 @@ def test_a_packed_sweep_runs_two_cells_on_each_gpu(tmp_path):
 
 
 def test_a_cuda_oom_leaves_the_worker_usable():
-    """A cell that overflows the GPU is recorded as `oom`; afterwards nothing of it is allocated
-    or cached, and the next cell in the same process trains normally."""
+    """A cell that overflows the GPU is recorded as out of memory; afterwards nothing of it is
+    allocated or cached, and the next cell in the same process trains normally."""
     run_here(make_cell("parity", "lstm", 4, device="cuda"), 2)  # warm: context and handles
     torch.cuda.synchronize()
     allocated, reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
@@ -55,7 +55,7 @@ def test_a_cuda_oom_leaves_the_worker_usable():
     huge = make_cell("parity", "transformer", 1 << 16, device="cuda", batch_size=4096,
                      eval_samples=16)
     record = run_here(huge, 2)
-    assert record.status == "oom", record.error
+    assert ex.out_of_memory(record), record.error  # oom, or a CUDA library's allocation failure
     assert record.env["cells_per_gpu"] == 2
     torch.cuda.synchronize()
     slack = 64 << 20  # library workspaces a new kernel may have set up
@@ -63,7 +63,6 @@ def test_a_cuda_oom_leaves_the_worker_usable():
     assert torch.cuda.memory_reserved() <= reserved + slack  # the allocator's cache was emptied
     after = run_here(make_cell("parity", "gru", 4, device="cuda"), 2)
     assert after.status in ("solved", "budget"), after.error
-    assert ex.out_of_memory(record) and not ex.out_of_memory(after)
 
 
 def test_a_packed_oom_reruns_alone_on_cuda(tmp_path, monkeypatch):
