@@ -32,21 +32,24 @@ def make_cell(task: str = "parity", model: str = "rnn", length: int = 2, *, seed
     })
 
 
+def record_for(cfg: CellConfig, status: str = "budget", **fields: Any) -> CellRecord:
+    """A stored-looking record of cfg (no training): its key, config and task facts, the given
+    status and any other fields."""
+    t = get_task(cfg.task)
+    payload = cfg.payload()
+    return CellRecord(**{
+        "key": cfg.key(), "config": cfg.to_dict(), "key_payload": payload,
+        "task_version": payload["task_version"], "model_version": payload["model_version"],
+        "status": status, "seq_len": t.seq_len(cfg.length), "params_actual": cfg.params,
+        "steps": cfg.train.steps, "score_name": t.score_name, "chance": t.chance(cfg.length),
+        "solve_threshold": t.solve_threshold, "solved": status == "solved",
+        "env": {"device": cfg.device}, **display_of(cfg.model, cfg.task)} | fields)
+
+
 def fake_record(task: str, model: str, length: int, score: float | None, *, seed: int = 0,
                 status: str = "budget") -> CellRecord:
     """A stored-looking record with a chosen score, for report and store tests (no training)."""
-    cfg = make_cell(task, model, length, seed=seed)
-    t = get_task(task)
-    payload = cfg.payload()
-    return CellRecord(
-        key=cfg.key(), config=cfg.to_dict(), key_payload=payload,
-        task_version=payload["task_version"], model_version=payload["model_version"],
-        status=status,
-        seq_len=t.seq_len(length), params_actual=TINY_PARAMS, steps=cfg.train.steps,
-        score=score, score_name=t.score_name, chance=t.chance(length),
-        solve_threshold=t.solve_threshold, solved=status == "solved", env={"device": "cpu"},
-        **display_of(model, task),
-    )
+    return record_for(make_cell(task, model, length, seed=seed), status, score=score)
 
 
 @pytest.fixture(params=sorted(TASKS))

@@ -1,10 +1,9 @@
 """Executors: Ray gives the local pool's records; a killed sweep resumes losslessly; a dead worker
-costs only its own cell; GPUs are handed out one per worker."""
+costs only its own cell. (Cells per GPU and out-of-memory isolation: tests/test_packing.py.)"""
 from __future__ import annotations
 
 import multiprocessing
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -13,14 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 import seqbench.sweeps.executors
 from seqbench.cli import main
 from seqbench.results.store import Store
 from seqbench.strict import ConfigError
 from seqbench.sweeps.driver import run_sweep
-from seqbench.sweeps.executors import LocalExecutor, RayExecutor, _init_worker, visible_gpus
+from seqbench.sweeps.executors import LocalExecutor, RayExecutor
 from seqbench.sweeps.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,22 +196,3 @@ def test_a_cell_that_kills_its_worker_gets_an_error_record(monkeypatch):
     assert "worker process running this cell died" in records[1].error
     assert passes == [[c.key() for c in (good, bad, other)], [good.key()], [bad.key()],
                       [other.key()]]
-
-
-def test_each_worker_gets_its_own_gpu(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert visible_gpus() == ["0", "1", "2"]
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,GPU-abc,7")
-    assert visible_gpus() == ["5", "GPU-abc", "7"]
-    handed = queue.Queue()
-    for gpu in visible_gpus()[:2]:
-        handed.put(gpu)
-    threads = torch.get_num_threads()
-    try:
-        _init_worker(1, handed)
-        assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
-        _init_worker(1, handed)
-        assert os.environ["CUDA_VISIBLE_DEVICES"] == "GPU-abc"
-    finally:
-        torch.set_num_threads(threads)

@@ -33,7 +33,7 @@ from seqbench.cell.train import is_oom
 from seqbench.env import environment
 from seqbench.measure.memory import cuda_peak, rss_growth, rss_growth_in_process, saved_bytes
 from seqbench.measure.record import MEASURE_SCHEMA, MeasureRecord
-from seqbench.measure.timing import Timing, sync, time_blocks
+from seqbench.measure.timing import sync, time_blocks
 from seqbench.models import build_model, count_parameters, get_family, parse_hparams
 from seqbench.strict import (
     check_choice,
@@ -249,41 +249,6 @@ def _measure(point, record, rss, blocks, stream_positions):
         record.streaming = measure_streaming(
             h.model, h.task.io, positions=stream_positions, device=point.device
         )
-
-
-def interleaved(a, b, device: str, rounds: int = 3, blocks: int = 5) -> tuple[Timing, Timing]:
-    """Time a and b in alternating rounds, so drift on a shared machine hits both alike."""
-    sa, sb = [], []
-    for _ in range(rounds):
-        sa += time_blocks(a, device, blocks=blocks).samples
-        sb += time_blocks(b, device, blocks=blocks).samples
-    return Timing(tuple(sa), 0), Timing(tuple(sb), 0)
-
-
-def overhead(point: MeasurePoint) -> dict:
-    """The harness's training step against a bare hand-written PyTorch loop on the same model
-    shapes and batch (a final-class task: cross-entropy at the last step, AdamW)."""
-    require(get_task(point.task).readout == "final" and get_task(point.task).target == "classes",
-            "task", "the overhead check needs a final-class task such as parity")
-    h = Harness(point)
-    torch.manual_seed(point.seed)
-    bare_model = build_model(point.model, h.task.io, point.params, point.hparams, h.seq_len)
-    bare_model = bare_model.to(point.device)
-    bare_opt = torch.optim.AdamW(bare_model.parameters(), lr=1e-4)
-    x, y = h.batch.inputs, h.batch.targets
-
-    def bare():
-        loss = nn.functional.cross_entropy(bare_model(x)[:, -1], y)
-        bare_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        bare_opt.step()
-
-    harness, hand = interleaved(h.train_step, bare, point.device)
-    return {
-        "model": point.model, "length": point.length, "batch_size": point.batch_size,
-        "harness_ms": harness.median * 1e3, "bare_ms": hand.median * 1e3,
-        "ratio": harness.median / hand.median,
-    }
 
 
 def _rss_child(text: str) -> None:

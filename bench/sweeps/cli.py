@@ -46,8 +46,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="sweep TOML file")
     p.add_argument("--out", default="results", help="results root; writes OUT/<sweep name>/")
     p.add_argument("--workers", type=int, default=0,
-                   help="parallel cells (default: one per core on CPU, one per visible GPU "
-                        "on CUDA; with ray: cells in flight, default the cluster's capacity)")
+                   help="parallel cells (default: one per core on CPU, --cells-per-gpu per "
+                        "visible GPU on CUDA; with ray: cells in flight, default the cluster's "
+                        "capacity)")
+    p.add_argument("--cells-per-gpu", type=int, default=0,
+                   help="CUDA: cells sharing each GPU at once, each in its own process (default: "
+                        "from the GPUs' free memory, the cells' memory estimates and the cores, "
+                        "at most 8; with ray: 1, each cell asking for 1/N of a GPU)")
     p.add_argument("--executor", default="local", choices=EXECUTORS,
                    help="where cells run: local processes, or Ray tasks (seqbench[ray])")
     p.add_argument("--address", help="with --executor ray: a running cluster ('auto', "
@@ -122,21 +127,30 @@ def cmd_sweep(args) -> int:
         raise ConfigError("sweep: give exactly one of --preset (" + ", ".join(PRESETS) + ") or --config FILE")
     spec = preset(args.preset) if args.preset else spec_from_file(args.config)
     require(args.workers >= 0, "--workers", f"must be >= 1 (0 = auto), got {args.workers}")
-    workers = args.workers or default_workers(spec.device)
+    require(args.cells_per_gpu >= 0, "--cells-per-gpu",
+            f"must be >= 1 (0 = auto), got {args.cells_per_gpu}")
+    require(args.cells_per_gpu == 0 or spec.device == "cuda", "--cells-per-gpu",
+            'only for CUDA sweeps (device = "cuda")')
     threads = args.threads or 1  # per cell: records do not depend on --workers or executor
     require(threads >= 1, "--threads", f"must be >= 1, got {threads}")
     apply_threads(threads, None)
     require(args.address is None or args.executor == "ray", "--address",
             "only with --executor ray")
-    if args.dry_run:  # planning needs no GPU here
+    if args.dry_run:  # planning needs no GPU here (and packs --cells-per-gpu, default 1)
+        workers = args.workers or default_workers(spec.device, args.cells_per_gpu or 1)
         return _dry_run(spec, args.out, workers if args.executor == "local" else None,
                         args.retry_failed)
     if args.executor == "local":
         check_device(spec.device)  # a Ray cluster's GPUs need not be visible here
+    per_gpu = _cells_per_gpu(spec, args, threads)
+    workers = args.workers or default_workers(spec.device, per_gpu)
     executor = make_executor(args.executor, workers=workers, threads=threads,
-                             address=args.address, max_in_flight=args.workers or None)
+                             address=args.address, max_in_flight=args.workers or None,
+                             cells_per_gpu=per_gpu)
     how = (f"{workers} worker(s) x {threads} thread(s)" if args.executor == "local" else
            f"ray {args.address or '(local instance)'}, {threads} thread(s) per cell")
+    if spec.device == "cuda":
+        how += f", {per_gpu} cell(s) per GPU"
     console.print(f"sweep {spec.name}: {len(spec.cells())} cells -> {Path(args.out) / spec.name} "
                   f"({how})")
     try:
@@ -154,6 +168,31 @@ def cmd_sweep(args) -> int:
                                        or "none (all stored)"))
     failed = _stored_summary(spec, args.out, args.retry_failed)
     return 1 if args.strict and failed else 0
+
+
+def _cells_per_gpu(spec, args, threads: int) -> int:
+    """How many cells share each GPU: --cells-per-gpu; else with the local executor what
+    --workers implies (workers are pinned to the GPUs round-robin) or the packing rule
+    (seqbench.sweeps.packing); with ray 1."""
+    if spec.device != "cuda":
+        return 1
+    if args.executor != "local":
+        return args.cells_per_gpu or 1
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if args.cells_per_gpu:
+        most = args.cells_per_gpu * gpus
+        require(args.workers <= most, "--workers",
+                f"at most --cells-per-gpu x GPUs = {most}, got {args.workers}")
+        return args.cells_per_gpu
+    if args.workers:
+        return -(-args.workers // gpus)  # the most workers pinned to one GPU
+    from seqbench.sweeps.packing import choose
+
+    choice = choose(spec.cells(), threads)
+    console.print(choice.why)
+    return choice.cells_per_gpu
 
 
 def _run(spec, args, executor) -> Counter:

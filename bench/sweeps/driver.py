@@ -45,11 +45,11 @@ from seqbench.sweeps.spec import Label, SweepSpec
 from seqbench.tasks import get_task
 
 
-def default_workers(device: str) -> int:
-    """Fill the cores without oversubscription (one thread each); on CUDA one worker per
-    visible GPU (seqbench.sweeps.executors.LocalExecutor gives each its own)."""
+def default_workers(device: str, cells_per_gpu: int = 1) -> int:
+    """Fill the cores without oversubscription (one thread each); on CUDA cells_per_gpu workers
+    per visible GPU (seqbench.sweeps.executors.LocalExecutor pins each to its GPU)."""
     if device == "cuda":
-        return max(1, torch.cuda.device_count())
+        return max(1, cells_per_gpu * torch.cuda.device_count())
     return max(1, len(os.sched_getaffinity(0)))
 
 
@@ -227,7 +227,8 @@ def run_sweep(
 
 def _save(store: Store, record: CellRecord, old: CellRecord | None, labels: dict) -> None:
     """Store a cell's new record with its labels and, where it replaces a failed run, that run
-    and the earlier ones in `attempts`."""
+    and the earlier ones in `attempts`, before the attempts of this run (a failure while sharing
+    memory, seqbench.sweeps.executors)."""
     record.hpset, record.variant = labels.get(record.key, Label())
     if old is not None and old.status in RETRIED:
         try:
@@ -235,7 +236,7 @@ def _save(store: Store, record: CellRecord, old: CellRecord | None, labels: dict
         except FileNotFoundError:
             stamp = time.time()
         record.attempts = [*old.attempts, old.as_attempt(
-            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp)))]
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))), *record.attempts]
     store.save(record)
 
 

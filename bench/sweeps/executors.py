@@ -17,10 +17,21 @@ Backends:
 
 * LocalExecutor(workers, threads): this machine. workers == 1 (or a single cell) runs in this
   process; otherwise a spawn-started process pool with at most `workers` cells in flight, each
-  worker with `threads` torch threads. CUDA cells with several visible GPUs get one GPU per worker
-  (see LocalExecutor).
-* RayExecutor(address, threads): each cell is a Ray task asking for num_cpus=threads and, for
-  CUDA cells, num_gpus=1; a local Ray instance, or a running cluster at `address`.
+  worker with `threads` torch threads. CUDA cells: worker i is pinned to visible GPU i mod n
+  (seqbench.sweeps.packing.slots), so workers = N x GPUs runs N cells on each GPU at once.
+* RayExecutor(address, threads, cells_per_gpu=N): each cell is a Ray task asking for
+  num_cpus=threads and, for CUDA cells, num_gpus=1/N; a local Ray instance, or a running cluster
+  at `address`.
+
+Cells sharing memory (several on one GPU, or several workers on one machine's RAM): a cell that
+runs out of memory while sharing it (status `oom`, or a cuBLAS/cuDNN/cuFFT allocation failure)
+is not recorded yet: once the other cells are done it runs again alone (locally: one worker per
+GPU; Ray: num_gpus=1), and its record keeps the shared run's failure in `attempts` (its error
+ends with a line saying how many cells shared the device). Its neighbours are separate processes
+and are not touched; the worker that ran it frees what the cell held (garbage collection and,
+on CUDA, the allocator's cache, after every cell) and goes on with the next cell. Each CUDA
+record's env says how many cells could share its GPU (`cells_per_gpu`, 1: the GPU to itself):
+its tokens/s is that of a cell sharing the GPU, not of a cell alone on it.
 
 Another backend (Slurm through submitit, say) is one more subclass: implement run() so that it
 submits cells (submitit's AutoExecutor(...).submit(run_cell, cfg) per cell, or a job array),
@@ -30,6 +41,7 @@ failed(new_record(cfg), exc), and keeps self._running current for progress displ
 from __future__ import annotations
 
 import ctypes
+import gc
 import multiprocessing
 import os
 import signal
@@ -48,6 +60,7 @@ from seqbench.cell.config import CellConfig
 from seqbench.cell.record import CellRecord
 from seqbench.cell.train import failed, new_record, run_cell
 from seqbench.strict import ConfigError, check_choice, require
+from seqbench.sweeps.packing import Slot, slots
 
 EXECUTORS = ("local", "ray")
 Acquire = Callable[[CellConfig], bool]
@@ -94,12 +107,57 @@ class Executor(ABC):
             self._running.pop(cfg.key(), None)
 
 
-def _guarded(cfg: CellConfig) -> CellRecord:
-    """run_cell, with anything it lets escape (it should not) turned into an error record."""
+OOM_HOOK_ENV = "SEQBENCH_TEST_OOM_SHARED"
+# errors of CUDA libraries that failed to allocate: out of memory, though not torch's OOM type
+ALLOC_FAILED = ("CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED", "CUFFT_ALLOC_FAILED")
+_slot = Slot(None, 1)  # this process's slot: set in pool workers by _init_worker
+
+
+def _oom_hook(cfg: CellConfig, sharing: int) -> None:
+    """TEST-ONLY: with SEQBENCH_TEST_OOM_SHARED=MODEL[,MODEL] a cell of those families runs out
+    of memory at its start while its worker shares memory with others (sharing > 1), as if its
+    neighbours held what it needs; alone it runs normally. The tests check OOM isolation on a CPU
+    with it."""
+    names = os.environ.get(OOM_HOOK_ENV, "")
+    if sharing > 1 and cfg.model in names.split(","):
+        raise torch.OutOfMemoryError(f"out of memory (TEST-ONLY {OOM_HOOK_ENV}): tried to "
+                                     f"allocate what {sharing - 1} neighbour(s) hold")
+
+
+def run_here(cfg: CellConfig, sharing: int) -> CellRecord:
+    """Run a cell in this process, sharing its device with `sharing` cells in all: run_cell, with
+    anything it lets escape (it should not) turned into an error record, the sharing noted in a
+    CUDA record's env, and the memory the cell held released for the next one."""
     try:
-        return run_cell(cfg)
+        _oom_hook(cfg, sharing)
+        record = run_cell(cfg)
     except Exception as exc:  # noqa: BLE001 - a failure becomes a record, never a crash
-        return failed(new_record(cfg), exc)
+        record = failed(new_record(cfg), exc)
+    if cfg.device == "cuda":
+        record.env["cells_per_gpu"] = sharing
+    gc.collect()  # whatever the cell left in reference cycles (a traceback holds tensors)
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()  # cached blocks a neighbour on this GPU may need
+    return record
+
+
+def _worker_cell(cfg: CellConfig) -> tuple[CellRecord, int]:
+    """A pool worker's task: the cell's record and how many cells shared its device."""
+    return run_here(cfg, _slot.sharing), _slot.sharing
+
+
+def out_of_memory(record: CellRecord) -> bool:
+    """Whether a record failed for lack of memory."""
+    return record.status == "oom" or (record.status == "error" and any(
+        marker in (record.error or "") for marker in ALLOC_FAILED))
+
+
+def shared_attempt(record: CellRecord, sharing: int) -> dict:
+    """A failure while sharing memory, as an entry of the record of the rerun alone."""
+    where = "GPU" if record.config.get("device") == "cuda" else "machine's memory"
+    note = f"(out of memory with {sharing} cells sharing the {where}; run again alone)"
+    return {"status": record.status, "error": f"{(record.error or '').strip()}\n{note}",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def visible_gpus() -> list[str]:
@@ -110,18 +168,21 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def _init_worker(threads: int, gpus=None) -> None:
-    """Torch threads, and this worker's GPU taken from the queue (before CUDA is initialised in
-    the worker, so the device it sees as cuda:0 is its own)."""
-    if gpus is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpus.get(timeout=60)
+def _init_worker(threads: int, places=None) -> None:
+    """Torch threads, and this worker's slot taken from the queue: its GPU is set before CUDA is
+    initialised in the worker, so the device it sees as cuda:0 is its own."""
+    global _slot
+    if places is not None:
+        _slot = places.get(timeout=60)
+        if _slot.gpu is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = _slot.gpu
     torch.set_num_threads(threads)
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _init_pool_worker(threads: int, gpus, driver: int) -> None:
+def _init_pool_worker(threads: int, places, driver: int) -> None:
     """Pool initializer: _init_worker, and the worker's tie to its driver. The driver alone
     decides when cells stop (a Ctrl-C reaches the whole process group, so workers ignore SIGINT
     and the driver stops them), and on Linux a worker is killed when its driver dies, however it
@@ -133,7 +194,7 @@ def _init_pool_worker(threads: int, gpus, driver: int) -> None:
         pass
     if os.getppid() != driver:  # the driver died before the tie was made
         os._exit(1)
-    _init_worker(threads, gpus)
+    _init_worker(threads, places)
 
 
 def _stop_pool(pool: ProcessPoolExecutor) -> None:
@@ -157,17 +218,18 @@ class LocalExecutor(Executor):
     spawn-started process pool (fork would copy torch's thread pools and locks), at most `workers`
     cells in flight, each worker with `threads` torch threads.
 
-    GPUs: when the cells run on CUDA and more than one GPU is visible, each pool worker gets its
-    own: the pool's initializer takes one entry of the visible list (CUDA_VISIBLE_DEVICES, or
-    0..n-1) from a queue filled with gpus[i % n] for worker i, and sets CUDA_VISIBLE_DEVICES to it
-    before the worker touches CUDA. So workers == number of GPUs (the CLI's default on CUDA) runs
-    one cell per GPU; more workers than GPUs share them round-robin.
+    GPUs: for CUDA cells each pool worker is pinned to one visible GPU (CUDA_VISIBLE_DEVICES, or
+    0..n-1): the pool's initializer takes the worker's slot (seqbench.sweeps.packing.slots: GPU
+    i mod n for worker i) from a queue and sets CUDA_VISIBLE_DEVICES to it before the worker
+    touches CUDA. So workers = N x GPUs (the CLI's default, N from --cells-per-gpu) runs N cells
+    on each GPU at once.
 
     A worker that dies (the kernel's OOM killer, a segfault, a stray signal) breaks the whole pool.
     The cells that were in flight are then run again one at a time, each in a fresh single-worker
     pool, so only a cell that kills its worker again, alone, gets an `error` record; the others
     (and a cell whose worker was killed from outside) are unaffected, and a fresh pool takes the
-    rest.
+    rest. A cell that runs out of memory while sharing it runs again alone once the other cells
+    are done (module docstring): then one worker per GPU (one on the CPU), each in a fresh pool.
     """
 
     name = "local"
@@ -177,9 +239,13 @@ class LocalExecutor(Executor):
         require(workers >= 1, "--workers", f"must be >= 1, got {workers}")
         require(threads >= 1, "--threads", f"must be >= 1, got {threads}")
         self.workers, self.threads = workers, threads
+        self.cells_per_gpu: int | None = None  # the most cells sharing a GPU (CUDA runs)
+        self._alone: deque = deque()  # cells that ran out of memory while sharing it
+        self._shared_failures: dict[str, dict] = {}  # their failures, by key
 
     def describe(self) -> dict[str, Any]:
-        return super().describe() | {"workers": self.workers}
+        out = super().describe() | {"workers": self.workers}
+        return out | ({"cells_per_gpu": self.cells_per_gpu} if self.cells_per_gpu else {})
 
     def measure_threads(self) -> int:
         return self.workers * self.threads
@@ -188,6 +254,12 @@ class LocalExecutor(Executor):
             ) -> Iterator[CellRecord]:
         pending = deque(cells)
         workers = min(self.workers, len(pending))
+        cuda = any(c.device == "cuda" for c in pending)
+        gpus = visible_gpus() if cuda else []
+        if cuda:
+            self.cells_per_gpu = (max(slot.sharing for slot in slots(workers, gpus))
+                                  if workers > 1 and gpus else 1)
+        self._alone, self._shared_failures = deque(), {}
         if workers <= 1:
             _init_worker(self.threads)
             while pending:
@@ -196,12 +268,11 @@ class LocalExecutor(Executor):
                     continue
                 self._started(cfg)
                 try:
-                    record = _guarded(cfg)
+                    record = run_here(cfg, 1)
                 finally:
                     self._finished(cfg)
                 yield record
             return
-        gpus = (visible_gpus() if any(c.device == "cuda" for c in pending) else [])
         while pending:
             suspects = yield from self._pool(pending, min(workers, len(pending)), gpus, acquire)
             for cfg in suspects:  # in flight when a worker died: which one killed it?
@@ -210,20 +281,22 @@ class LocalExecutor(Executor):
                 yield failed(new_record(cfg), BrokenProcessPool(
                     "the worker process running this cell died: killed from outside (the "
                     "kernel's OOM killer, a signal) or crashed"))
+            if not pending and self._alone:  # the others are done: each alone on its device
+                pending, self._alone = self._alone, deque()
+                workers, acquire = max(1, len(gpus)), None  # still claimed by this driver
 
     def _pool(self, pending: deque, workers: int, gpus: list[str], acquire: Acquire | None):
         """Run cells from pending in a fresh pool until it is empty (returns []) or the pool breaks
-        (returns the cells that were in flight; the rest stay in pending). An exception thrown
+        (returns the cells that were in flight; the rest stay in pending). A cell that ran out of
+        memory while sharing it goes to self._alone instead of being yielded. An exception thrown
         into it (an interrupt) or closing it stops the workers first (_stop_pool)."""
         ctx = multiprocessing.get_context("spawn")
-        queue = None
-        if len(gpus) > 1:
-            queue = ctx.Queue()
-            for i in range(workers):
-                queue.put(gpus[i % len(gpus)])
+        places = ctx.Queue()
+        for slot in slots(workers, gpus):
+            places.put(slot)
         inflight: dict[Any, CellConfig] = {}
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_pool_worker,
-                                 initargs=(self.threads, queue, os.getpid())) as pool:
+                                 initargs=(self.threads, places, os.getpid())) as pool:
             try:
                 while pending or inflight:
                     while pending and len(inflight) < workers:
@@ -231,7 +304,7 @@ class LocalExecutor(Executor):
                         if acquire is not None and not acquire(cfg):
                             continue
                         try:
-                            future = pool.submit(_guarded, cfg)
+                            future = pool.submit(_worker_cell, cfg)
                         except BrokenProcessPool:
                             pending.appendleft(cfg)
                             return self._broken(inflight)
@@ -242,8 +315,9 @@ class LocalExecutor(Executor):
                     done, _ = wait(inflight, return_when=FIRST_COMPLETED)
                     broken = False
                     for future in done:
+                        sharing = 1
                         try:
-                            record = future.result()
+                            record, sharing = future.result()
                         except BrokenProcessPool:
                             broken = True
                             continue
@@ -251,6 +325,13 @@ class LocalExecutor(Executor):
                             record = failed(new_record(inflight[future]), exc)
                         cfg = inflight.pop(future)
                         self._finished(cfg)
+                        if sharing > 1 and out_of_memory(record):
+                            self._shared_failures[cfg.key()] = shared_attempt(record, sharing)
+                            self._alone.append(cfg)
+                            continue
+                        earlier = self._shared_failures.pop(cfg.key(), None)
+                        if earlier is not None:
+                            record.attempts = [earlier, *record.attempts]
                         yield record
                     if broken:
                         return self._broken(inflight)
@@ -270,19 +351,22 @@ class LocalExecutor(Executor):
         return suspects
 
 
-def _ray_cell(config: dict, threads: int) -> dict:
-    """A Ray task: one cell from its config mapping, returned as a record mapping (plain data, so
-    the driver re-checks the key against its own code: a worker with another task version fails
-    loudly instead of storing a mislabelled record)."""
+def _ray_cell(config: dict, threads: int, sharing: int = 1) -> dict:
+    """A Ray task: one cell from its config mapping (run_here, sharing its GPU with `sharing`
+    cells), returned as a record mapping (plain data, so the driver re-checks the key against its
+    own code: a worker with another task version fails loudly instead of storing a mislabelled
+    record)."""
     torch.set_num_threads(threads)
-    return run_cell(CellConfig.from_dict(config)).to_dict()
+    return run_here(CellConfig.from_dict(config), sharing).to_dict()
 
 
 class RayExecutor(Executor):
-    """Each cell is a Ray task with num_cpus=threads and, for CUDA cells, num_gpus=1 (Ray then
-    sets CUDA_VISIBLE_DEVICES for the task). The driver keeps at most `max_in_flight` cells
-    submitted (default: what the cluster holds at the start, CPUs // threads, or its GPUs for CUDA
-    cells; give more for an autoscaling cluster), so the cells in flight are the ones running.
+    """Each cell is a Ray task with num_cpus=threads and, for CUDA cells, num_gpus=1/cells_per_gpu
+    (Ray then sets CUDA_VISIBLE_DEVICES for the task and runs up to cells_per_gpu such tasks on a
+    GPU). The driver keeps at most `max_in_flight` cells submitted (default: what the cluster
+    holds at the start, CPUs // threads, or its GPUs x cells_per_gpu for CUDA cells; give more
+    for an autoscaling cluster), so the cells in flight are the ones running. A CUDA cell that
+    runs out of memory while sharing its GPU is submitted again with num_gpus=1 (a GPU to itself).
 
     address None starts a local Ray instance for the sweep (and shuts it down afterwards); "auto"
     or "ray://host:10001" joins a running cluster, whose nodes need seqbench installed at the same
@@ -294,7 +378,7 @@ class RayExecutor(Executor):
     name = "ray"
 
     def __init__(self, address: str | None = None, threads: int = 1,
-                 max_in_flight: int | None = None, retries: int = 1):
+                 max_in_flight: int | None = None, retries: int = 1, cells_per_gpu: int = 1):
         super().__init__()
         try:
             import ray
@@ -305,12 +389,14 @@ class RayExecutor(Executor):
         require(threads >= 1, "--threads", f"must be >= 1, got {threads}")
         require(max_in_flight is None or max_in_flight >= 1, "--workers",
                 f"must be >= 1, got {max_in_flight}")
+        require(cells_per_gpu >= 1, "--cells-per-gpu", f"must be >= 1, got {cells_per_gpu}")
         self._ray = ray
         self.address, self.threads = address, threads
         self.max_in_flight, self.retries = max_in_flight, retries
+        self.cells_per_gpu = cells_per_gpu
 
     def describe(self) -> dict[str, Any]:
-        return super().describe() | {"address": self.address}
+        return super().describe() | {"address": self.address, "cells_per_gpu": self.cells_per_gpu}
 
     def _capacity(self, cuda: bool) -> int:
         if self.max_in_flight:
@@ -320,7 +406,7 @@ class RayExecutor(Executor):
             gpus = int(resources.get("GPU", 0))
             require(gpus >= 1, "--executor", "the Ray cluster has no GPU for these CUDA cells "
                     "(give --workers N to queue N cells anyway, e.g. for an autoscaling cluster)")
-            return gpus
+            return gpus * self.cells_per_gpu
         return max(1, int(resources.get("CPU", 1) // self.threads))
 
     def run(self, cells: Sequence[CellConfig], acquire: Acquire | None = None
@@ -331,9 +417,20 @@ class RayExecutor(Executor):
         started = not ray.is_initialized()
         if started:
             ray.init(address=self.address, include_dashboard=False)
-        inflight: dict[Any, CellConfig] = {}
+        inflight: dict[Any, tuple[CellConfig, int]] = {}
+        earlier: dict[str, dict] = {}  # failures while sharing a GPU, by key
         try:
             task = ray.remote(_ray_cell)
+
+            def submit(cfg: CellConfig, sharing: int) -> None:
+                ref = task.options(
+                    num_cpus=self.threads,
+                    num_gpus=1 / sharing if cfg.device == "cuda" else 0,
+                    max_retries=self.retries,
+                ).remote(cfg.to_dict(), self.threads, sharing)
+                inflight[ref] = (cfg, sharing)
+                self._started(cfg)
+
             pending = deque(cells)
             limit = self._capacity(any(c.device == "cuda" for c in pending))
             while pending or inflight:
@@ -341,24 +438,25 @@ class RayExecutor(Executor):
                     cfg = pending.popleft()
                     if acquire is not None and not acquire(cfg):
                         continue
-                    ref = task.options(
-                        num_cpus=self.threads, num_gpus=1 if cfg.device == "cuda" else 0,
-                        max_retries=self.retries,
-                    ).remote(cfg.to_dict(), self.threads)
-                    inflight[ref] = cfg
-                    self._started(cfg)
+                    submit(cfg, self.cells_per_gpu if cfg.device == "cuda" else 1)
                 if not inflight:
                     break
                 (ref,), _ = ray.wait(list(inflight), num_returns=1)
-                cfg = inflight.pop(ref)
+                cfg, sharing = inflight.pop(ref)
+                self._finished(cfg)
                 try:
                     record = CellRecord.from_dict(ray.get(ref))
                 except Exception as exc:  # noqa: BLE001 - worker died, task error, version skew
                     record = failed(new_record(cfg), exc)
-                self._finished(cfg)
+                if sharing > 1 and out_of_memory(record):
+                    earlier[cfg.key()] = shared_attempt(record, sharing)
+                    submit(cfg, 1)
+                    continue
+                if cfg.key() in earlier:
+                    record.attempts = [earlier.pop(cfg.key()), *record.attempts]
                 yield record
         finally:
-            for ref, cfg in inflight.items():
+            for ref, (cfg, _) in inflight.items():
                 ray.cancel(ref, force=True)
                 self._finished(cfg)
             if started:
@@ -366,10 +464,11 @@ class RayExecutor(Executor):
 
 
 def make_executor(kind: str, *, workers: int, threads: int, address: str | None = None,
-                  max_in_flight: int | None = None) -> Executor:
-    """The CLI's --executor: local (workers x threads) or ray (address, threads)."""
+                  max_in_flight: int | None = None, cells_per_gpu: int = 1) -> Executor:
+    """The CLI's --executor: local (workers x threads; workers = cells per GPU x GPUs on CUDA) or
+    ray (address, threads, cells_per_gpu)."""
     check_choice("--executor", kind, EXECUTORS)
     if kind == "local":
         require(address is None, "--address", "only with --executor ray")
         return LocalExecutor(workers, threads)
-    return RayExecutor(address, threads, max_in_flight=max_in_flight)
+    return RayExecutor(address, threads, max_in_flight=max_in_flight, cells_per_gpu=cells_per_gpu)

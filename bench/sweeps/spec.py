@@ -33,7 +33,7 @@ from seqbench.models import get_family, parse_hparams
 from seqbench.strict import ConfigError, check_choice, coerce, from_mapping, require
 from seqbench.tasks import get_task
 
-PRESETS = ("smoke", "quick", "findings", "full")
+PRESETS = ("smoke", "quick", "findings", "full", "gpu-check")
 
 
 def _label(field: str, name: str, what: str) -> None:
