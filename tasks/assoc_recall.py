@@ -42,13 +42,19 @@ N_KEYS = 128
 N_VALUES = 64
 
 
+def query_start(steps: int) -> int:
+    """The answer phase: the last third, the D queries (the model answers at each query step)."""
+    return 2 * steps // 3
+
+
 class AssocRecall(Task):
     name = "assoc_recall"
     order = 80
     length_symbol = "D"
     length_meaning = "number of key-value pairs"
     summary = "multi-query associative recall: D key-value pairs, then every key queried (Zoology)"
-    io = IOSpec("tokens", input_size=N_KEYS + N_VALUES, output_size=N_VALUES)
+    io = IOSpec("tokens", input_size=N_KEYS + N_VALUES, output_size=N_VALUES,
+                answer_phase=query_start)
     readout = "per_step"
     loss_on = "scored"
     solve_threshold = 0.99
