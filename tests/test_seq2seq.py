@@ -19,6 +19,7 @@ from seqbench.measure.point import MeasurePoint
 from seqbench.models import count_parameters
 from seqbench.strict import ConfigError
 from seqbench.tasks import TASKS, get_task
+from seqbench.tasks.base import IGNORE
 from seqbench.testing import sample, stream
 
 ANSWERING = sorted(n for n, cls in TASKS.items() if cls.io.answer_phase is not None)
@@ -162,6 +163,23 @@ def test_parameter_count(cell, attention):
     extra = {"none": 0, "dot": 2 * d * d, "additive": 2 * d * d + 2 * d * d + d}[attention]
     assert count_parameters(net) == v * d + cells + (c + 1) * d + extra + d * c + c
     testing.check_budget("seq2seq", t.io, 20_000, 30, {"cell": cell, "attention": attention})
+
+
+def test_a_row_left_out_of_the_loss_is_fed_start():
+    """Rows whose targets are IGNORE (seqbench.cell.seen leaves held-out rows out of the loss so)
+    are decoded with <start> for every previous target; the other rows are unchanged."""
+    t = get_task("reverse")
+    net = model_for("reverse")
+    batch = sample(t, LENGTHS["reverse"], 4)
+    ignored = batch.targets.clone()
+    ignored[1] = IGNORE
+    start = batch.targets.clone()
+    start[1] = t.io.output_size  # the <start> row of the feedback embedding
+    with torch.no_grad():
+        out = net(batch.inputs, teacher=ignored)
+        torch.testing.assert_close(out, net(batch.inputs, teacher=start), rtol=0, atol=0)
+        torch.testing.assert_close(out[[0, 2, 3]], net(batch.inputs, teacher=batch.targets)[
+            [0, 2, 3]], rtol=0, atol=1e-6)
 
 
 def test_training_passes_the_targets_and_gradient_flow_stays_causal():

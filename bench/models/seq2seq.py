@@ -29,7 +29,9 @@ embedding of the output classes plus a start symbol, and one recurrent cell each
 
 y_{t-1} is the target at t-1 when the model is given the targets (teacher forcing, in training:
 seqbench.cell.step passes them), else the argmax of its own output at t-1 (greedy decoding, at
-evaluation): the output at t never reads the target at t or later.
+evaluation): the output at t never reads the target at t or later. A target the loss ignores
+(IGNORE: a training row equal to a held-out sequence, left out of the loss by seqbench.cell.seen)
+is read as <start>.
 
 Causality: every encoder state lies before the answer phase, and a decoder step reads inputs up to
 its own step (x_t and its previous output), so the output at step t depends only on the inputs at
@@ -65,6 +67,7 @@ from torch import nn
 from seqbench.models.base import Core, Family
 from seqbench.models.recurrent import set_forget_bias, state_growth
 from seqbench.strict import ConfigError, check_choice
+from seqbench.tasks.base import IGNORE
 
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
 ATTENTION = ("none", "additive", "dot")
@@ -144,6 +147,7 @@ class EncoderDecoder(nn.Module):
         if a < length and teacher is not None:  # the whole answer phase in one recurrent call
             start = teacher.new_full((b, 1), self.start)
             prev = torch.cat([start, teacher[:, a:length - 1]], 1)  # y_{t-1} for t = a..L-1
+            prev = torch.where(prev == IGNORE, self.start, prev)  # a row left out of the loss
             s, _ = self.decoder(torch.cat([x[:, a:], self.feedback(prev)], -1), state)
             outputs.append(self.emit(s, memory))
         elif a < length:  # greedy: each step reads the argmax of the last
