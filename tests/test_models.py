@@ -69,7 +69,7 @@ def test_output_shape_for_every_task(model, task):
 def test_refused_tasks(model, task):
     """A family that does not apply to a task (an encoder-decoder, on a task without an answer
     phase) is refused when built for it and in a cell config, naming the tasks it allows."""
-    assert FAMILIES[model].answer_phase and TASKS[task].io.answer_phase is None
+    assert FAMILIES[model].needs_answer_phase and TASKS[task].io.answer_phase is None
     with pytest.raises(ConfigError, match=f"model: {model} needs a task whose answers follow"):
         build(model, TASKS[task].io, 12)
     allowed = ", ".join(t for m, t in APPLIES if m == model)

@@ -15,7 +15,7 @@ An encoder-decoder (seqbench.models.seq2seq) departs in three declared ways: its
 outputs itself (Core.emits: it feeds its own predictions back, so the head is inside it), it takes
 the targets in training (Core.teacher: forward(x, teacher=targets), teacher forcing; without them
 it decodes greedily), and its family applies only to tasks whose io declares an answer phase
-(Family.answer_phase; IOSpec.answer_phase).
+(Family.needs_answer_phase; IOSpec.answer_phase).
 """
 from __future__ import annotations
 
@@ -136,9 +136,10 @@ class Family:
     marker (one of seqbench.display.MARKERS); left empty, the colour and marker are derived from
     the name.
 
-    answer_phase: the family reads the whole question before it answers (an encoder-decoder), so
-    it applies only to tasks whose io declares where the answers start (IOSpec.answer_phase);
-    accepts(io) says whether it applies, and a cell asking for another task is refused."""
+    needs_answer_phase: the family reads the whole question before it answers (an
+    encoder-decoder), so it applies only to tasks whose io declares where the answers start
+    (IOSpec.answer_phase); accepts(io) says whether it applies, and a cell asking for another task
+    is refused."""
 
     name: str
     summary: str
@@ -150,7 +151,7 @@ class Family:
     order: int | None = None
     colour: str = ""
     marker: str = ""
-    answer_phase: bool = False
+    needs_answer_phase: bool = False
 
     def __post_init__(self):
         where = f"model family {self.name!r}"
@@ -170,8 +171,8 @@ class Family:
         return display.model(self.name, self.label, self.order, self.colour, self.marker)
 
     def accepts(self, io: IOSpec) -> bool:
-        """Whether the family applies to a task with this io (see answer_phase)."""
-        return not self.answer_phase or io.answer_phase is not None
+        """Whether the family applies to a task with this io (see needs_answer_phase)."""
+        return not self.needs_answer_phase or io.answer_phase is not None
 
     def sized(self, io: IOSpec, budget: int, hp: Any, max_len: int) -> Core:
         if self.fit is not None:

@@ -200,5 +200,5 @@ FAMILIES = [
            "recurrent encoder-decoder (GRU or LSTM), attention none, additive (Bahdanau) or dot "
            "(Luong); on tasks whose answers follow the input",
            Seq2SeqHP, build_seq2seq, label="seq2seq", order=35, colour="#8c564b", marker="d",
-           answer_phase=True),
+           needs_answer_phase=True),
 ]
