@@ -52,10 +52,10 @@ attention sees the step's own input (MQAR's query key) and the variants differ i
 no input feeding (Luong et al. section 3.3), so a teacher-forced decoder runs as one recurrent call
 over the answer phase; the decoder also reads the task's input at each answer step (a cue token,
 or MQAR's query), which a translation decoder does not have; the decoder starts from the encoder's
-final state itself (Bahdanau et al.: tanh(W_s h_1), Cho et al.: tanh(V c)); no maxout deep output;
-unscaled dot scores (as Luong et al.); greedy decoding, no beam search; one layer each; the outputs
-of the question steps come from the shared W_o (the suite scores per step; copy trains its blanks);
-an LSTM cell's forget-gate bias starts at 1, as the suite's LSTM.
+final state itself (Bahdanau et al.: tanh(W_s h_1) of the backward encoder; Cho et al.: tanh(V c));
+no maxout deep output; unscaled dot scores (as Luong et al.); greedy decoding, no beam search; one
+layer each; the outputs of the question steps come from the shared W_o (the suite scores per step;
+copy trains its blanks); an LSTM cell's forget-gate bias starts at 1, as the suite's LSTM.
 """
 from __future__ import annotations
 
