@@ -47,6 +47,7 @@ BUILTIN = {
         "mamba": "seqbench.models.mamba",
         "linear_attention": "seqbench.models.linear_attention",
         "hyena": "seqbench.models.hyena",
+        "seq2seq": "seqbench.models.seq2seq",
     },
     "task": {
         "copy": "seqbench.tasks.copy_memory:CopyMemory",

@@ -4,7 +4,9 @@ The suite's own tests (tests/test_models.py, tests/test_streaming.py) run these 
 every built-in family; a plug-in's tests call check_family(MY_FAMILY, ...) before registering it
 (a Family object works here unregistered). Each check raises AssertionError saying what failed.
 
-* output shapes: (B, L, output_size) float32 and finite for the input and output of every task;
+* output shapes: (B, L, output_size) float32 and finite for the input and output of every task
+  the family applies to (Family.accepts: an encoder-decoder only where the task declares an answer
+  phase; every check below then runs on the token tasks' layout, ios_for);
 * causality: changing inputs after step t leaves outputs up to t unchanged (to 1e-6) and changes
   a later one; and the last output depends on the first input;
 * parameter budget: the width search lands on the closest count, within BUDGET_TOLERANCE
@@ -48,6 +50,12 @@ FEATURES = TASKS["adding"].io  # 2 real features in, 1 value out
 IOS = {"tokens": TOKENS, "features": FEATURES}
 # expected state bytes of a model after t streamed steps of a batch: state_size(model, batch, t)
 StateSize = Callable[[SequenceModel, int, int], int]
+
+
+def ios_for(family: Family | str) -> list[IOSpec]:
+    """Of TOKENS and FEATURES, those the family applies to (Family.accepts; FEATURES, adding's io,
+    declares no answer phase, so an encoder-decoder runs on TOKENS, copy's, alone)."""
+    return [io for io in IOS.values() if get_family(family).accepts(io)]
 
 
 def build(family: Family | str, io: IOSpec, max_len: int, budget: int = 2000,
@@ -155,12 +163,14 @@ def check_step_functional(model: SequenceModel, io: IOSpec) -> None:
 
 
 def declared_state_size(model: SequenceModel, batch: int, t: int) -> int:
-    """The state bytes a family declares (Core.info) after t steps of a batch."""
+    """The state bytes a family declares (Core.info) after t steps of a batch (growing over the
+    first state_growth_steps steps only, where the family declares them)."""
     info = model.info
     missing = {"state_bytes_per_sample", "state_bytes_per_position"} - set(info)
     assert not missing, (f"the family must declare {', '.join(sorted(missing))} in its Core.info "
                          "(how its streaming state grows; see seqbench.models)")
-    return batch * (info["state_bytes_per_sample"] + t * info["state_bytes_per_position"])
+    grown = min(t, info.get("state_growth_steps", t))
+    return batch * (info["state_bytes_per_sample"] + grown * info["state_bytes_per_position"])
 
 
 def check_state_size(model: SequenceModel, io: IOSpec,
@@ -240,12 +250,15 @@ def check_family(family: Family | str, *, hparams: Iterable[Mapping[str, Any]] =
     """Every check above on family, for each hyper-parameter mapping in hparams (state_size:
     the family's state bytes after t steps, by default what it declares in its info, None to skip
     that check; causal / streams False for a
-    family that reads ahead or has no step, such as a bidirectional RNN)."""
+    family that reads ahead or has no step, such as a bidirectional RNN). Only the tasks and ios the
+    family applies to are checked (Family.accepts, ios_for)."""
+    family = get_family(family)
     check_strict_hparams(family)
+    ios = ios_for(family)
     for hp in hparams:
-        for io in {t.io for t in TASKS.values()}:
+        for io in {t.io for t in TASKS.values() if family.accepts(t.io)}:
             check_output_shape(build(family, io, 12, hp=hp), io)
-        for io in IOS.values():
+        for io in ios:
             for budget in budgets:
                 for max_len in max_lens:
                     check_budget(family, io, budget, max_len, hp, budget_tolerance)
@@ -257,7 +270,8 @@ def check_family(family: Family | str, *, hparams: Iterable[Mapping[str, Any]] =
                 check_step_functional(model, io)
                 if state_size is not None:
                     check_state_size(model, io, state_size)
-        check_sees_first_input(build(family, FEATURES, 10, budget=20_000, hp=hp), FEATURES)
+        first = FEATURES if FEATURES in ios else TOKENS
+        check_sees_first_input(build(family, first, 10, budget=20_000, hp=hp), first)
 
 
 # Checks on a task -------------------------------------------------------------------------------

@@ -13,6 +13,9 @@ query positions are scored, for the loss as for the accuracy (loss_on "scored");
 are placeholders (0) that nothing reads. The score of a sequence is its accuracy over its D
 queries. Chance is 1/64: every answer is marginally uniform over the 64 values whatever a guesser
 knows without the input, so every input-independent guess (class 1 included) scores 1/64 exactly.
+The answer phase (IOSpec.answer_phase) is the D query steps: an encoder-decoder
+(seqbench.models.seq2seq) encodes the 2D pair steps and decodes at the queries, reading each query
+key as its step's input.
 
 Departures from Zoology (HazyResearch/zoology, zoology/data/associative_recall.py, multiquery_ar),
 a CPU-scale version: Zoology uses a vocabulary of 8192 (keys 1..4095, values 4096..8191), sequences
@@ -42,13 +45,19 @@ N_KEYS = 128
 N_VALUES = 64
 
 
+def query_start(steps: int) -> int:
+    """The answer phase: the last third, the D queries (the model answers at each query step)."""
+    return 2 * steps // 3
+
+
 class AssocRecall(Task):
     name = "assoc_recall"
     order = 80
     length_symbol = "D"
     length_meaning = "number of key-value pairs"
     summary = "multi-query associative recall: D key-value pairs, then every key queried (Zoology)"
-    io = IOSpec("tokens", input_size=N_KEYS + N_VALUES, output_size=N_VALUES)
+    io = IOSpec("tokens", input_size=N_KEYS + N_VALUES, output_size=N_VALUES,
+                answer_phase=query_start)
     readout = "per_step"
     loss_on = "scored"
     solve_threshold = 0.99

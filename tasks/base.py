@@ -6,6 +6,7 @@ chance level. Loss and score are computed here, once, from those declarations.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -31,11 +32,18 @@ class Batch:
 
 @dataclass(frozen=True)
 class IOSpec:
-    """What a model must accept and emit for a task."""
+    """What a model must accept and emit for a task.
+
+    answer_phase: for a task whose answers all follow the input they depend on (copy, reverse,
+    selective copying, MQAR), the first answer step of a sequence of n steps, answer_phase(n);
+    every step before it is the question. An encoder-decoder (seqbench.models.seq2seq) reads the
+    question, then answers; it applies only to tasks that declare this. None: no separate answer
+    phase. A module-level function of n (picklable)."""
 
     input_kind: Literal["tokens", "features"]
     input_size: int  # vocabulary size, or number of real-valued features
     output_size: int  # classes per position, or 1 for regression
+    answer_phase: Callable[[int], int] | None = None
 
 
 def scored_tail(batch_size: int, seq_len: int, n: int, device) -> torch.Tensor:
@@ -82,6 +90,12 @@ class Task:
     def seq_len(self, length: int) -> int:
         """Number of time steps fed to the model for the task's nominal length."""
         return length
+
+    def answer_start(self, length: int) -> int | None:
+        """The first answer position of a sequence at this length (io.answer_phase of its
+        steps), or None where the task has no separate answer phase."""
+        phase = self.io.answer_phase
+        return None if phase is None else phase(self.seq_len(length))
 
     def check_length(self, length: int, field: str = "length") -> None:
         require(

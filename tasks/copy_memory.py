@@ -20,13 +20,18 @@ N_SYMBOLS = 10
 DELIMITER = 9
 
 
+def recall_start(steps: int) -> int:
+    """The answer phase: the last ten steps (the recall), after T - 1 blanks and the delimiter."""
+    return steps - N_SYMBOLS
+
+
 class CopyMemory(Task):
     name = "copy"
     order = 10
     length_symbol = "T"
     length_meaning = "delay"
     summary = "copy memory: recall 10 symbols after T blanks (Bai et al. 2018)"
-    io = IOSpec("tokens", input_size=10, output_size=10)
+    io = IOSpec("tokens", input_size=10, output_size=10, answer_phase=recall_start)
     readout = "per_step"
     loss_on = "all"
     solve_threshold = 0.99

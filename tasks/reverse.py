@@ -23,13 +23,18 @@ from seqbench.tasks.base import Batch, IOSpec, Task, scored_tail
 OUTPUT_EMPTY = 2
 
 
+def output_start(steps: int) -> int:
+    """The answer phase: the second half, the n output-empty steps."""
+    return steps // 2
+
+
 class Reverse(Task):
     name = "reverse"
     order = 60
     length_symbol = "n"
     length_meaning = "string length"
     summary = "reverse string: output the binary string reversed (Deletang et al. 2022)"
-    io = IOSpec("tokens", input_size=3, output_size=2)
+    io = IOSpec("tokens", input_size=3, output_size=2, answer_phase=output_start)
     readout = "per_step"
     loss_on = "scored"
     solve_threshold = 0.99

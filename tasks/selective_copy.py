@@ -37,13 +37,18 @@ N_SYMBOLS = 14  # data tokens are 1..14
 MARKER = 15
 
 
+def marker_start(steps: int) -> int:
+    """The answer phase: the last K steps, the markers."""
+    return steps - N_DATA
+
+
 class SelectiveCopy(Task):
     name = "selective_copy"
     order = 40
     length_symbol = "L"
     length_meaning = "noise steps"
     summary = "selective copying: recall 16 tokens scattered among L noise tokens (Gu & Dao 2023)"
-    io = IOSpec("tokens", input_size=16, output_size=16)
+    io = IOSpec("tokens", input_size=16, output_size=16, answer_phase=marker_start)
     readout = "per_step"
     loss_on = "scored"
     solve_threshold = 0.99

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from seqbench import testing
+from seqbench.cell.config import CellConfig
 from seqbench.models import (
     BUDGET_TOLERANCE,
     FAMILIES,
@@ -20,7 +21,7 @@ from seqbench.models.base import SequenceModel
 from seqbench.models.tcn import receptive_field
 from seqbench.strict import ConfigError
 from seqbench.tasks import TASKS, IOSpec
-from seqbench.testing import FEATURES, TOKENS, random_inputs
+from seqbench.testing import FEATURES, IOS, TOKENS, random_inputs
 
 # Causal variants, covered by the generic causality test; bidirectional recurrent nets are not
 # causal by design and are tested in test_model_variants.py instead.
@@ -33,9 +34,22 @@ FAMILY_VARIANTS = [(name, {}) for name in FAMILIES] + [
     ("gru", {"layers": 2}),
     ("lstm", {"peephole": True}),
     ("lstm", {"peephole": True, "layers": 2}),
+    ("seq2seq", {"attention": "none"}),
+    ("seq2seq", {"attention": "dot"}),
+    ("seq2seq", {"cell": "lstm"}),
 ]
 FAMILY_VARIANT_IDS = [name + "".join(f"-{k}={v}" for k, v in hp.items())
                       for name, hp in FAMILY_VARIANTS]
+# Each family on the tasks and ios it applies to (Family.accepts: an encoder-decoder needs a task
+# with an answer phase); test_refused_tasks checks that it refuses the others.
+APPLIES = [(m, t) for m in sorted(FAMILIES) for t in sorted(TASKS)
+           if FAMILIES[m].accepts(TASKS[t].io)]
+REFUSED = [(m, t) for m in sorted(FAMILIES) for t in sorted(TASKS)
+           if not FAMILIES[m].accepts(TASKS[t].io)]
+VARIANT_IOS = [pytest.param(m, hp, io, id=f"{i}-{io}")
+               for (m, hp), i in zip(FAMILY_VARIANTS, FAMILY_VARIANT_IDS, strict=True)
+               for io in IOS if FAMILIES[m].accepts(IOS[io])]
+FAMILY_IOS = [(m, io) for m in sorted(FAMILIES) for io in IOS if FAMILIES[m].accepts(IOS[io])]
 
 
 def build(model: str, io: IOSpec, max_len: int, budget: int = 2000, **hp) -> SequenceModel:
@@ -45,36 +59,48 @@ def build(model: str, io: IOSpec, max_len: int, budget: int = 2000, **hp) -> Seq
 # The shared contract (seqbench.testing), on every built-in family --------------------------------
 
 
-@pytest.mark.parametrize("model", sorted(FAMILIES))
-@pytest.mark.parametrize("task", sorted(TASKS))
+@pytest.mark.parametrize(("model", "task"), APPLIES)
 def test_output_shape_for_every_task(model, task):
     io = TASKS[task].io
     testing.check_output_shape(build(model, io, 12), io)
 
 
-@pytest.mark.parametrize("io", [TOKENS, FEATURES], ids=["tokens", "features"])
-@pytest.mark.parametrize(("model", "hp"), FAMILY_VARIANTS, ids=FAMILY_VARIANT_IDS)
+@pytest.mark.parametrize(("model", "task"), REFUSED)
+def test_refused_tasks(model, task):
+    """A family that does not apply to a task (an encoder-decoder, on a task without an answer
+    phase) is refused when built for it and in a cell config, naming the tasks it allows."""
+    assert FAMILIES[model].needs_answer_phase and TASKS[task].io.answer_phase is None
+    with pytest.raises(ConfigError, match=f"model: {model} needs a task whose answers follow"):
+        build(model, TASKS[task].io, 12)
+    allowed = ", ".join(t for m, t in APPLIES if m == model)
+    with pytest.raises(ConfigError, match=rf"^model: '{model}' .* task '{task}' has no separate "
+                                          rf"answer phase; allowed only on: {allowed}$"):
+        CellConfig(task=task, model=model, length=TASKS[task].min_length)
+
+
+@pytest.mark.parametrize(("model", "hp", "io"), VARIANT_IOS)
 def test_causal(model, hp, io):
-    testing.check_causal(build(model, io, 16, **hp), io)
+    testing.check_causal(build(model, IOS[io], 16, **hp), IOS[io])
 
 
 @pytest.mark.parametrize("model", sorted(FAMILIES))
 def test_last_output_sees_first_input(model):
     """Every family's default build connects the first input to the last output (untrained
-    recurrent nets forget geometrically, so the sequence is short)."""
-    testing.check_sees_first_input(build(model, FEATURES, 10, budget=20_000), FEATURES)
+    recurrent nets forget geometrically, so the sequence is short); on features where the family
+    applies to them, else on tokens."""
+    io = testing.ios_for(model)[-1]
+    testing.check_sees_first_input(build(model, io, 10, budget=20_000), io)
 
 
 @pytest.mark.parametrize("budget", [2000, 20_000, 100_000])
 @pytest.mark.parametrize("max_len", [12, 276])
-@pytest.mark.parametrize("io", [TOKENS, FEATURES], ids=["tokens", "features"])
-@pytest.mark.parametrize("model", sorted(FAMILIES))
+@pytest.mark.parametrize(("model", "io"), FAMILY_IOS)
 def test_parameter_budget(model, io, max_len, budget):
     # one width step of a TCN at 2k parameters is ~25% of the budget, so only the closest
     # width is promised there (and a miss beyond 10% is announced); everywhere else the count is
     # within 10%
     tolerance = 0.15 if (model == "tcn" and budget == 2000) else BUDGET_TOLERANCE
-    testing.check_budget(model, io, budget, max_len, tolerance=tolerance)
+    testing.check_budget(model, IOS[io], budget, max_len, tolerance=tolerance)
 
 
 @pytest.mark.parametrize("model", sorted(FAMILIES))

@@ -26,9 +26,16 @@ VARIANTS = [(name, {}) for name in sorted(FAMILIES)] + [
     ("transformer", {"positions": "rope"}),
     ("transformer", {"positions": "alibi"}),
     ("transformer", {"positions": "alibi", "heads": 3}),  # slopes for a non-power-of-two count
+    ("seq2seq", {"attention": "none"}),
+    ("seq2seq", {"attention": "dot"}),
+    ("seq2seq", {"cell": "lstm"}),
 ]  # bidirectional recurrent nets do not stream (test_model_variants.py checks they refuse)
 VARIANT_IDS = [name + "".join(f"-{k}={v}" for k, v in hp.items()) for name, hp in VARIANTS]
 variants = pytest.mark.parametrize(("name", "hp"), VARIANTS, ids=VARIANT_IDS)
+# each variant on the ios its family applies to (seq2seq: tokens only, copy's layout)
+VARIANT_IOS = [pytest.param(name, hp, io, id=f"{i}-{io}")
+               for (name, hp), i in zip(VARIANTS, VARIANT_IDS, strict=True)
+               for io in sorted(IOS) if FAMILIES[name].accepts(IOS[io])]
 
 
 @functools.cache
@@ -41,8 +48,7 @@ def build(name: str, hp: dict, io: str = "tokens") -> SequenceModel:
     return _build(name, tuple(sorted(hp.items())), io)
 
 
-@pytest.mark.parametrize("io", sorted(IOS))
-@variants
+@pytest.mark.parametrize(("name", "hp", "io"), VARIANT_IOS)
 def test_step_matches_forward(name, hp, io):
     testing.check_streaming(build(name, hp, io), IOS[io], LENGTH)
 
@@ -84,6 +90,11 @@ def test_declared_state_growth(name, hp):
         per_sample = layers * 4 * round(width / 8) * round(width / 4) * per_value
     elif name == "hyena":  # 2 short-conv inputs of 3 width channels; one long-conv input
         per_sample, per_position = layers * 3 * width * 2 * per_value, layers * width * per_value
+    elif name == "seq2seq":  # h (and c), the previous prediction (int64); with attention each
+        hp = parse_hparams(name, dict(hp))  # question step's encoder state, up to the answer start
+        per_sample = (2 if hp.cell == "lstm" else 1) * width * per_value + 8
+        per_position = 0 if hp.attention == "none" else width * per_value
+        assert info["state_growth_steps"] == LENGTH - 10  # copy's layout: the last ten answer
     else:
         pytest.fail(f"no hand count for {name}: add one")
     assert (info["state_bytes_per_sample"], info["state_bytes_per_position"]) == (

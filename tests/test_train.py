@@ -20,8 +20,8 @@ from seqbench.tasks.parity import Parity
 EASY = {"steps": 200, "batch_size": 32, "lr": 1e-2, "eval_every": 10, "eval_samples": 128}
 
 
-@pytest.mark.parametrize("model", sorted(FAMILIES))
-def test_learns_parity_of_two_bits(model):
+@pytest.mark.parametrize("model", [m for m in sorted(FAMILIES) if FAMILIES[m].accepts(Parity.io)])
+def test_learns_parity_of_two_bits(model):  # seq2seq needs an answer phase: test_seq2seq.py
     record = run_cell(make_cell("parity", model, 2, **EASY))
     assert record.status == "solved", record.history
     assert record.solved and record.val_score >= record.solve_threshold == 0.99

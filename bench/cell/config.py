@@ -54,6 +54,19 @@ def plugins_env(model: str, task: str) -> dict[str, list]:
     return {"plugins": found} if found else {}
 
 
+def check_applies(model: str, task: str, field: str = "model") -> None:
+    """ConfigError naming `field` unless the family applies to the task (Family.accepts: an
+    encoder-decoder needs a task whose answers follow the input), listing the built-in tasks it
+    applies to."""
+    family = get_family(model)
+    if not family.accepts(get_task(task).io):
+        allowed = sorted(n for n, cls in TASKS.items() if family.accepts(cls.io))
+        raise ConfigError(
+            f"{field}: {model!r} reads the whole question before it answers (an encoder-decoder), "
+            f"so it needs a task whose answers follow the input (io.answer_phase); task {task!r} "
+            f"has no separate answer phase; allowed only on: {', '.join(allowed)}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation of one cell: fresh batches every step (infinite data), AdamW, clipping."""
@@ -141,6 +154,7 @@ class CellConfig:
     def __post_init__(self):
         task = get_task(self.task)
         family = get_family(self.model)
+        check_applies(self.model, self.task)
         task.check_length(self.length)
         _check_seq_len(task, self.length, "length")
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")

@@ -176,7 +176,7 @@ class TrainStep:
         if self.screen is not None:
             batch = self.screen(batch, length)
         with self.autocast:
-            loss = self.task.loss(self.forward(batch.inputs), batch)
+            loss = self.task.loss(self.outputs(batch), batch)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip or math.inf)
@@ -192,6 +192,14 @@ class TrainStep:
         self._window_steps += 1
         self._tokens += self.batch_size * self.task.seq_len(length)
 
+    def outputs(self, batch: Batch) -> torch.Tensor:
+        """The model's outputs on a training batch; a model that takes the targets (teacher
+        forcing: seqbench.models.seq2seq, SequenceModel.teacher) is given them. Evaluation calls
+        the model on the inputs alone."""
+        if getattr(self.model, "teacher", False):
+            return self.forward(batch.inputs, teacher=batch.targets)
+        return self.forward(batch.inputs)
+
     def _compile(self) -> None:
         """Compile (forward and backward of one batch, no update), timed on its own."""
         batch = self.task.sample(self.lengths[-1], self.batch_size,
@@ -200,7 +208,7 @@ class TrainStep:
         sync()
         t0 = time.perf_counter()
         with self.autocast:
-            self.task.loss(self.forward(batch.inputs), batch).backward()
+            self.task.loss(self.outputs(batch), batch).backward()
         sync()
         self.compile_s = time.perf_counter() - t0
         self.opt.zero_grad(set_to_none=True)

@@ -20,7 +20,8 @@ console = Console()
 def configure(p: argparse.ArgumentParser) -> None:
     from seqbench.measure.point import MeasurePoint
 
-    p.add_argument("--models", help="comma-separated families (default: every family)")
+    p.add_argument("--models",
+                   help="comma-separated families (default: every family that applies to --task)")
     p.add_argument("--lengths", default="64,256,1024,4096", help="comma-separated lengths")
     add_options(p, MeasurePoint, skip=("model", "length", "seed", "hparams", "params"))
     p.add_argument("--params", default="20k", help="parameter budget, e.g. 20000 or 20k")
@@ -56,10 +57,13 @@ def cmd_measure(args) -> int:
     from seqbench.results.cli import print_tables
     from seqbench.results.report import write_summary
     from seqbench.results.store import Store
+    from seqbench.tasks import get_task
 
     apply_threads(args.threads, None)
     fields = given(args, MeasurePoint) | {"params": parse_count("--params", args.params)}
-    models = comma_list("--models", args.models) if args.models else list(FAMILIES)
+    io = get_task(fields.get("task", MeasurePoint.task)).io  # by default every family it fits
+    models = (comma_list("--models", args.models) if args.models
+              else [m for m, family in FAMILIES.items() if family.accepts(io)])
     points = [MeasurePoint.from_dict(fields | {"model": m, "length": n})
               for m in models for n in comma_list("--lengths", args.lengths, int)]
     stream = tuple(comma_list("--stream", args.stream, int)) if args.stream else ()

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from seqbench.cell.config import DEVICES, display_of, plugins_env
+from seqbench.cell.config import DEVICES, check_applies, display_of, plugins_env
 from seqbench.cell.step import TrainStep
 from seqbench.cell.train import is_oom
 from seqbench.env import environment
@@ -65,6 +65,7 @@ class MeasurePoint:
 
     def __post_init__(self):
         family = get_family(self.model)
+        check_applies(self.model, self.task)
         get_task(self.task).check_length(self.length)
         require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         require(self.params >= 100, "params", f"must be >= 100, got {self.params}")
@@ -124,7 +125,7 @@ class Harness:
     def forward_backward(self) -> None:
         """Forward and backward without the optimiser (for saved-tensor accounting)."""
         with self.autocast:
-            loss = self.task.loss(self.model(self.batch.inputs), self.batch)
+            loss = self.task.loss(self.train_step.outputs(self.batch), self.batch)
         loss.backward()
 
 

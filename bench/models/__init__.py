@@ -7,7 +7,9 @@ Every family's Core.info declares how its streaming state grows, from the built 
 "state_bytes_per_sample", the bytes per sample that do not depend on the position (float32
 values; complex64 ones count 8), and "state_bytes_per_position", the bytes per sample added by
 each step (0 for a constant-state family; a Transformer's KV cache, Hyena's long-convolution
-inputs). After t steps a batch of B holds B * (per_sample + t * per_position) bytes. A model that
+inputs). After t steps a batch of B holds B * (per_sample + t * per_position) bytes. A family whose
+state stops growing also declares "state_growth_steps" n: B * (per_sample + min(t, n) *
+per_position) (an encoder-decoder caches the encoder states of the question only). A model that
 does not stream (a bidirectional recurrent net) declares neither.
 """
 from __future__ import annotations

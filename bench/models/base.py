@@ -10,6 +10,12 @@ Streaming: every core also runs one step at a time with carried state, init_stat
 device, dtype) -> state and step(x_t (B, d_in), state) -> (y_t (B, d_out), new_state), giving the
 same outputs as forward. step is functional (it never mutates the state it is given, so one state
 can be stepped repeatedly, as timing does) and computes eval-mode outputs (no dropout).
+
+An encoder-decoder (seqbench.models.seq2seq) departs in three declared ways: its core computes the
+outputs itself (Core.emits: it feeds its own predictions back, so the head is inside it), it takes
+the targets in training (Core.teacher: forward(x, teacher=targets), teacher forcing; without them
+it decodes greedily), and its family applies only to tasks whose io declares an answer phase
+(Family.needs_answer_phase; IOSpec.answer_phase).
 """
 from __future__ import annotations
 
@@ -35,6 +41,8 @@ class Core:
     d_in: int
     d_out: int
     info: dict = field(default_factory=dict)
+    emits: bool = False  # the module's outputs are the model's (d_out = io.output_size, no head)
+    teacher: bool = False  # module(x, teacher=targets) in training: teacher forcing
 
 
 class SequenceModel(nn.Module):
@@ -46,15 +54,23 @@ class SequenceModel(nn.Module):
             else nn.Linear(io.input_size, core.d_in)
         )
         self.core = core.module
-        self.head = nn.Linear(core.d_out, io.output_size)
+        self.head = nn.Identity() if core.emits else nn.Linear(core.d_out, io.output_size)
+        self.teacher = core.teacher  # forward takes teacher=targets (seqbench.cell.step passes them)
         self.info = {"width": core.d_in, **core.info}
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.head(self.core(self.encoder(inputs)))
+    def forward(self, inputs: torch.Tensor, teacher: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-step outputs; teacher: the batch's targets, for a core that declares it takes them
+        (teacher forcing in training; without them it runs on its own predictions)."""
+        if teacher is None:
+            return self.head(self.core(self.encoder(inputs)))
+        if not self.teacher:
+            raise TypeError("this model's core does not take targets (Core.teacher is False)")
+        return self.head(self.core(self.encoder(inputs), teacher=teacher))
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> Any:
-        """The core's streaming state before the first step (default: the head's device, dtype)."""
-        weight = self.head.weight
+        """The core's streaming state before the first step (default: the encoder's device,
+        dtype)."""
+        weight = self.encoder.weight
         return self.core.init_state(batch_size, device or weight.device, dtype or weight.dtype)
 
     def step(self, inputs_t: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
@@ -118,7 +134,12 @@ class Family:
     Display (seqbench.display; stored in every record): label (default: name), order (rows sort
     by it; built-ins use 0..999, the default puts a plug-in after them), colour ("#rrggbb") and
     marker (one of seqbench.display.MARKERS); left empty, the colour and marker are derived from
-    the name."""
+    the name.
+
+    needs_answer_phase: the family reads the whole question before it answers (an
+    encoder-decoder), so it applies only to tasks whose io declares where the answers start
+    (IOSpec.answer_phase); accepts(io) says whether it applies, and a cell asking for another task
+    is refused."""
 
     name: str
     summary: str
@@ -130,6 +151,7 @@ class Family:
     order: int | None = None
     colour: str = ""
     marker: str = ""
+    needs_answer_phase: bool = False
 
     def __post_init__(self):
         where = f"model family {self.name!r}"
@@ -147,6 +169,10 @@ class Family:
     def display(self) -> dict:
         """label, order, colour and marker, defaults filled in (seqbench.display.model)."""
         return display.model(self.name, self.label, self.order, self.colour, self.marker)
+
+    def accepts(self, io: IOSpec) -> bool:
+        """Whether the family applies to a task with this io (see needs_answer_phase)."""
+        return not self.needs_answer_phase or io.answer_phase is not None
 
     def sized(self, io: IOSpec, budget: int, hp: Any, max_len: int) -> Core:
         if self.fit is not None:
