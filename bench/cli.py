@@ -78,7 +78,29 @@ def cmd_list(args) -> int:
             console.print(f"  {name:15} {escape(get(name).summary + where)}")
     console.print("(a family or task of your own: an import path module:attribute, or an entry "
                   "point in the group seqbench.models / seqbench.tasks)")
+    _list_techniques(console)
     return 0
+
+
+def _list_techniques(console) -> None:
+    """The training-technique settings (train.*): help, allowed values, models that offer them."""
+    import dataclasses
+
+    from rich.markup import escape
+
+    from seqbench.cell.config import TECHNIQUES, TrainConfig, offering
+
+    console.print("[bold]training techniques[/] (train.* settings of a cell or sweep; seqbench "
+                  "run --help; README \"Training techniques\")")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for name, technique in TECHNIQUES.items():
+        f = fields[name]
+        choices = f.metadata.get("choices")
+        text = f.metadata["help"] + (f"; one of {', '.join(choices)}" if choices else "")
+        text += f" (default {f.default})"
+        if technique is not None:
+            text += f"; models: {', '.join(offering(technique))}"
+        console.print(f"  {name:15} {escape(text)}")
 
 
 def main(argv: list[str] | None = None) -> int:

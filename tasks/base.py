@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +23,16 @@ class Batch:
 
     targets: (B, L) int64 for per-step tasks, (B,) int64 for final-class tasks, (B,) float for
     regression. mask: (B, L) bool, the scored positions of a per-step task (None otherwise).
+    lengths: (B,) int64 on the batch's device, the time steps of each row when rows have lengths
+    of their own (seqbench.cell.varlen): each row is right-padded to L, its per-step targets there
+    IGNORE and its mask False; a final readout reads each row at its own last step. None: every
+    row fills all L steps.
     """
 
     inputs: torch.Tensor
     targets: torch.Tensor
     mask: torch.Tensor | None = None
+    lengths: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -136,24 +141,58 @@ class Task:
 
     # Loss and score, derived from the declarations above.
 
-    def _readout(self, outputs: torch.Tensor) -> torch.Tensor:
-        return outputs if self.readout == "per_step" else outputs[:, -1]
+    def _readout(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The outputs the targets are compared with: every step, or each row's last step (its
+        own, under batch.lengths: a gather, no device sync)."""
+        if self.readout == "per_step":
+            return outputs
+        if batch.lengths is None:
+            return outputs[:, -1]
+        last = (batch.lengths - 1).view(-1, 1, 1).expand(-1, 1, outputs.shape[-1])
+        return outputs.gather(1, last)[:, 0]
+
+    def _step_targets(self, batch: Batch) -> torch.Tensor:
+        """A per-step task's targets with the positions outside the loss at the ignored index
+        (no boolean indexing, so no device sync)."""
+        if self.loss_on == "all":
+            return batch.targets
+        return batch.targets.masked_fill(~batch.mask, IGNORE)
 
     def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Mean loss of model outputs (B, L, output_size) on the batch."""
-        out = self._readout(outputs)
+        out = self._readout(outputs, batch)
         if self.target == "regression":
             return F.mse_loss(out[..., 0].float(), batch.targets)
         if self.readout == "final":
             return F.cross_entropy(out.float(), batch.targets)
-        targets = batch.targets
-        if self.loss_on != "all":  # unscored positions take the ignored index: no boolean
-            targets = targets.masked_fill(~batch.mask, IGNORE)  # indexing, so no device sync
-        return F.cross_entropy(out.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
+        return F.cross_entropy(out.flatten(0, 1).float(), self._step_targets(batch).flatten(),
+                               ignore_index=IGNORE)
+
+    def loss_count(self, batch: Batch) -> torch.Tensor | int:
+        """How many positions (per-step) or rows (final) enter the loss: a device tensor, or an
+        int for regression (every row)."""
+        if self.target == "regression":
+            return len(batch.targets)
+        targets = batch.targets if self.readout == "final" else self._step_targets(batch)
+        return (targets != IGNORE).sum()
+
+    def loss_terms(self, outputs: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, Any]:
+        """(sum, count) with loss = sum / count: the summed loss over what enters it and
+        loss_count. Chunks of one sequence (truncated BPTT, seqbench.cell.tbptt) add up to the
+        whole sequence's terms."""
+        out = self._readout(outputs, batch)
+        if self.target == "regression":
+            total = F.mse_loss(out[..., 0].float(), batch.targets, reduction="sum")
+        elif self.readout == "final":
+            total = F.cross_entropy(out.float(), batch.targets, reduction="sum")
+        else:
+            total = F.cross_entropy(out.flatten(0, 1).float(), self._step_targets(batch).flatten(),
+                                    ignore_index=IGNORE, reduction="sum")
+        return total, self.loss_count(batch)
 
     def score(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Per-sample headline score in [0, 1], shape (B,); its mean is the task's score."""
-        out = self._readout(outputs)
+        out = self._readout(outputs, batch)
         if self.target == "regression":
             return ((out[..., 0].float() - batch.targets).abs() < self.tolerance).float()
         hit = out.argmax(-1) == batch.targets

@@ -76,7 +76,7 @@ def test_fit_keeps_both_coefficients_non_negative(points, expected):
 def timed(task, model, length, seconds_per_step, *, steps=200, variant="", status="budget"):
     """A finished record of a cell that took seconds_per_step per training step."""
     cfg = make_cell(task, model, length, steps=steps)
-    tokens = cfg.train.batch_size * length
+    tokens = tokens_per_step(cfg)
     return record_for(cfg, status, score=0.5, variant=variant,
                       train_time_s=steps * seconds_per_step,
                       train_tokens_per_s=tokens / seconds_per_step)
@@ -116,11 +116,15 @@ def test_project_sums_steps_times_step_time_and_falls_back_to_the_family():
 
 
 def test_throughput_of_a_run_and_the_projected_full_preset():
-    records = [timed("parity", m, n, 2e-3 + 1e-8 * 8 * n) for m in
+    def linear(task, model, n):  # 2 ms a step + 10 ns a token
+        return timed(task, model, n, 2e-3 + 1e-8 * tokens_per_step(make_cell(task, model, n)))
+
+    records = [linear("parity", m, n) for m in
                ("rnn", "lstm", "gru", "tcn", "transformer", "lru", "s4d", "mamba",
                 "linear_attention", "hyena") for n in (10, 1000)]
+    records += [linear("copy", "seq2seq", n) for n in (10, 1000)]  # no answer phase in parity
     t = gpucheck.throughput(records, 60.0, {"cells_per_gpu": 4, "workers": 8})
-    assert t["cells"] == 20 and t["cells_per_hour"] == pytest.approx(1200.0)
+    assert t["cells"] == 22 and t["cells_per_hour"] == pytest.approx(22 * 60.0)
     assert (t["cells_per_gpu"], t["workers"]) == (4, 8)
     full = gpucheck.projected_cells()
     expected = sum(c.train.steps * (2e-3 + 1e-8 * tokens_per_step(c)) for _, c in full)

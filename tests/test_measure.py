@@ -314,7 +314,7 @@ def test_train_flops_of_a_transformer_count_attention():
 POINT = {"model": "rnn", "length": 8, "batch_size": 4, "params": 2000}
 
 POINT_ERRORS = {
-    "unknown key": ({"colour": "red"}, ["colour: unknown key", "allowed: batch_size, device"]),
+    "unknown key": ({"colour": "red"}, ["colour: unknown key", "allowed: batch_size, batching, device"]),
     "fp16": ({"dtype": "fp16"}, ["dtype: unknown value 'fp16'; allowed: bf16, fp32"]),
     "device": ({"device": "tpu"}, ["device: unknown value 'tpu'; allowed: cpu, cuda"]),
     "length 0": ({"length": 0}, ["length: task 'parity' needs an integer length >= 1, got 0"]),

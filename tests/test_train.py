@@ -42,7 +42,8 @@ def test_unsolved_cell_ends_at_budget_with_history():
     assert record.status == "budget" and not record.solved
     assert record.steps == 5
     assert [h["step"] for h in record.history] == [2, 4, 5]
-    assert all(set(h) == {"step", "train_loss", "val_loss", "val_score"} for h in record.history)
+    assert all(set(h) == {"step", "train_loss", "val_loss", "val_score", "grad_norm",
+                          "grad_norm_max", "clipped", "layer_ratio"} for h in record.history)
     assert 0 <= record.score <= 1
 
 

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from seqbench.models import get_family, parse_hparams
+from seqbench.models import FAMILIES, get_family, parse_hparams
 from seqbench.registry import provenance
 from seqbench.strict import (
     ConfigError,
@@ -33,6 +33,13 @@ MAX_BATCH = 65_536  # training sequences per step
 MAX_EVAL_SAMPLES = 10**6  # held-out sequences (per set; per test length for generalisation)
 MAX_SEQ_LEN = 2**20  # time steps fed to the model (task.seq_len of a length)
 COMPILE_MODES = ("none", "default", "reduce-overhead")
+PRECISIONS = ("fp32", "bf16", "fp16")  # torch.autocast dtypes (seqbench.cell.step.AUTOCAST)
+TBPTT_UPDATES = ("sequence", "chunk")
+PACKINGS = ("padded", "packed")
+# the training-technique settings of TrainConfig (seqbench list shows them), each with the model
+# technique (seqbench.models.base) it needs, if any
+TECHNIQUES = {"tbptt": "tbptt", "tbptt_update": "tbptt", "precision": None,
+              "length_spread": None, "packing": "packed"}
 # The training and evaluation protocol every cell follows (seqbench.cell.train): bump it whenever
 # a change there changes what a config produces (streams, stopping rules, the step), so that no
 # record of the old protocol is reused. 2: train/validation/test streams, choices on validation.
@@ -83,6 +90,24 @@ class TrainConfig:
     compile: str = setting("none", "torch.compile the model's forward: none, default, or "
                            "reduce-overhead (CUDA graphs); compile time is recorded; it dominates "
                            "a short CPU cell", choices=COMPILE_MODES, added=True)
+    # training techniques (README "Training techniques"; seqbench.cell.step, .tbptt, .varlen)
+    tbptt: int = setting(0, "truncated BPTT (Williams & Peng 1990): train each sequence in chunks "
+                         "of this many time steps, the state carried detached between them "
+                         "(rnn, lstm, gru, lru); 0: off", added=True)
+    tbptt_update: str = setting("sequence", "under tbptt: one optimiser step per sequence (its "
+                                "chunks' gradients summed) or one per chunk",
+                                choices=TBPTT_UPDATES, added=True)
+    precision: str = setting("fp32", "mixed precision: forward and loss under torch.autocast in "
+                             "bf16 or fp16 (fp16 with a GradScaler); weights, optimiser and "
+                             "recurrences of the scan families stay fp32", choices=PRECISIONS,
+                             added=True)
+    length_spread: float = setting(0.0, "variable lengths: each training sequence's length is "
+                                   "drawn uniformly from the task's valid lengths in "
+                                   "[(1 - s) N, N], batches right-padded; evaluation stays at N; "
+                                   "0: every sequence at N", added=True)
+    packing: str = setting("padded", "under length_spread: run variable-length batches padded, "
+                           "or packed (rnn, lstm, gru: pack_padded_sequence)", choices=PACKINGS,
+                           added=True)
 
     def validate(self, where: str) -> None:
         p = f"{where}." if where else ""
@@ -99,6 +124,20 @@ class TrainConfig:
         require(self.timeout_s >= 0, p + "timeout_s", f"must be >= 0 (0: none), got "
                 f"{self.timeout_s}")
         check_choice(p + "compile", self.compile, COMPILE_MODES)
+        require(self.tbptt >= 0, p + "tbptt", f"must be >= 0 (0: off), got {self.tbptt}")
+        check_choice(p + "tbptt_update", self.tbptt_update, TBPTT_UPDATES)
+        require(self.tbptt > 0 or self.tbptt_update == "sequence", p + "tbptt_update",
+                "applies only with tbptt > 0")
+        require(self.tbptt == 0 or self.compile == "none", p + "tbptt",
+                "runs the model's forward_from, which compile does not wrap: set compile = none")
+        check_choice(p + "precision", self.precision, PRECISIONS)
+        require(0 <= self.length_spread < 1, p + "length_spread",
+                f"must be in [0, 1) (0: every sequence at N), got {self.length_spread}")
+        check_choice(p + "packing", self.packing, PACKINGS)
+        require(self.length_spread > 0 or self.packing == "padded", p + "packing",
+                "applies only with length_spread > 0")
+        require(self.tbptt == 0 or self.length_spread == 0, p + "tbptt",
+                "truncated BPTT runs fixed-length batches: set length_spread = 0")
 
 
 TRAIN_LENGTHS = ("range", "fixed")
@@ -128,6 +167,17 @@ class Generalise:
                 f"must be <= {MAX_EVAL_SAMPLES:,}, got {self.samples:,}")
         require(list(self.lengths) == sorted(set(self.lengths)), p + "lengths",
                 f"must be strictly increasing, got {list(self.lengths)}")
+
+
+def techniques(hparams: Any) -> tuple[str, ...]:
+    """The training techniques a model's hyper-parameters offer (seqbench.models.base)."""
+    offered = getattr(hparams, "techniques", None)
+    return offered() if offered is not None else ()
+
+
+def offering(technique: str) -> list[str]:
+    """The built-in families that offer a technique at their default hyper-parameters."""
+    return sorted(n for n, f in FAMILIES.items() if technique in techniques(f.hparams()))
 
 
 def _check_seq_len(task, length: int, field_name: str) -> None:
@@ -174,12 +224,34 @@ class CellConfig:
                 _check_seq_len(task, n, field_name)
                 require(n > self.length, field_name,
                         f"must be longer than the training length {self.length}, got {n}")
+        self._check_techniques()
         if getattr(self.hparams, "bidirectional", False) and not task.bidirectional_ok:
             allowed = sorted(n for n, cls in TASKS.items() if cls.bidirectional_ok)
             raise ConfigError(
                 f"hparams.bidirectional: task {self.task!r} is causal (outputs are due step by "
                 f"step), so a bidirectional model would read its answers; allowed only on: "
                 f"{', '.join(allowed) or '(none)'}")
+
+    def _check_techniques(self) -> None:
+        """The training techniques the cell asks for are ones its model offers (its
+        hyper-parameters' techniques(), seqbench.models.base)."""
+        tc = self.train
+        wanted = [("train.tbptt", "tbptt", tc.tbptt > 0),
+                  ("train.packing", "packed", tc.packing == "packed")]
+        for field_name, technique, asked in wanted:
+            if asked and technique not in techniques(self.hparams):
+                raise ConfigError(
+                    f"{field_name}: model {self.model!r} with these hyper-parameters does not "
+                    f"support {technique!r}; supported by: {', '.join(offering(technique))} "
+                    "(bidirectional models carry no state between chunks; the peephole LSTM "
+                    "does not pack)")
+        if tc.length_spread > 0:
+            require(self.generalise is None, "train.length_spread",
+                    "length generalisation draws each batch's length itself: set it to 0")
+            bidirectional = getattr(self.hparams, "bidirectional", False)
+            require(tc.packing == "packed" or not bidirectional, "train.packing",
+                    f"model {self.model!r} is not causal (bidirectional): a padded batch would "
+                    "reach its backward direction; use packed")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CellConfig:

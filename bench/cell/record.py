@@ -82,7 +82,9 @@ class CellRecord:
     train_tokens_per_s: float | None = None
     compile_s: float | None = None  # train.compile: the time compilation took (kept apart)
     error: str | None = None
-    history: list = field(default_factory=list)  # {step, train_loss, val_loss, val_score}
+    # {step, train_loss, val_loss, val_score, and the window's gradient figures
+    # (seqbench.cell.monitor): grad_norm, grad_norm_max, clipped[, layer_ratio][, skipped]}
+    history: list = field(default_factory=list)
     # gradient flow through time (seqbench.cell.gradflow): {"untrained": flow, "trained": flow},
     # each {"distance": [...], "norm": [...]}; "trained" is absent when training diverged
     grad_flow: dict = field(default_factory=dict)

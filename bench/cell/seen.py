@@ -36,6 +36,8 @@ could be memorised. Only a held-out set's inputs reach training this way, never 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from seqbench.tasks import Batch, Task
@@ -72,7 +74,8 @@ def codes(coder: RowCodes, batches: list[Batch]) -> torch.Tensor:
 def without(batch: Batch, drop: torch.Tensor) -> Batch:
     """batch with the rows where drop holds left out of every loss (targets set to IGNORE)."""
     shape = (-1,) + (1,) * (batch.targets.dim() - 1)
-    return Batch(batch.inputs, torch.where(drop.view(shape), IGNORE, batch.targets), batch.mask)
+    return dataclasses.replace(batch, targets=torch.where(drop.view(shape), IGNORE,
+                                                          batch.targets))
 
 
 def grow(buffer: torch.Tensor, size: int) -> torch.Tensor:
@@ -85,11 +88,13 @@ class Seen:
     batch (TrainStep's screen) it records the batch and, when excluding, leaves held-out rows out.
 
     validation, test: the held-out sets at `length`; capacity: the most training rows at that
-    length (steps x batch size)."""
+    length (steps x batch size). varlen: training batches have rows of their own lengths
+    (Batch.lengths, right-padded): only the rows that fill all of length's steps are counted or
+    left out (a shorter row, padded, is never a held-out sequence)."""
 
     def __init__(self, task: Task, length: int, validation: list[Batch], test: list[Batch],
-                 capacity: int, device):
-        self.length = length
+                 capacity: int, device, varlen: bool = False):
+        self.length, self.steps = length, task.seq_len(length)
         self.coder = RowCodes(task.io.input_size, task.seq_len(length), device)
         self.validation, self.test = codes(self.coder, validation), codes(self.coder, test)
         self.held = torch.cat([self.validation, self.test]).unique()  # sorted
@@ -100,17 +105,19 @@ class Seen:
         self.exclude = (self.coverage is not None and self.coverage < EXCLUDE_BELOW
                         and task.target == "classes")
         self.rows = torch.empty(capacity, dtype=torch.long, device=device)
-        # which rows entered a loss (only rows equal to a held-out one can be left out)
-        self.used = torch.empty(capacity if self.exclude else 0, dtype=torch.bool, device=device)
+        # which rows entered a loss at this length (only rows equal to a held-out one can be left
+        # out; with varlen, shorter rows are not at this length)
+        self.track = self.exclude or varlen
+        self.used = torch.empty(capacity if self.track else 0, dtype=torch.bool, device=device)
         self.count = 0  # rows written (a host integer: no synchronisation)
 
     @classmethod
     def for_task(cls, task: Task, length: int, validation: list[Batch], test: list[Batch],
-                 capacity: int, device) -> Seen | None:
+                 capacity: int, device, varlen: bool = False) -> Seen | None:
         """A Seen for token inputs; None for real-valued ones (not counted)."""
         if task.io.input_kind != "tokens":
             return None
-        return cls(task, length, validation, test, capacity, device)
+        return cls(task, length, validation, test, capacity, device, varlen)
 
     @property
     def method(self) -> str:
@@ -129,13 +136,20 @@ class Seen:
         end = self.count + n
         if end > len(self.rows):  # more rows than the capacity promised: grow (host-side size)
             self.rows = grow(self.rows, end)
-            self.used = grow(self.used, end) if self.exclude else self.used
+            self.used = grow(self.used, end) if self.track else self.used
         self.rows[self.count : end] = code
+        full = None if batch.lengths is None else batch.lengths == self.steps
         if self.exclude:
             drop = self.held_out(code)
+            if full is not None:
+                drop &= full
             drop &= ~drop.all()
             batch = without(batch, drop)
             torch.logical_not(drop, out=self.used[self.count : end])
+            if full is not None:
+                self.used[self.count : end] &= full
+        elif self.track:
+            self.used[self.count : end] = True if full is None else full
         self.count = end
         return batch
 
@@ -143,7 +157,7 @@ class Seen:
         """(test, validation) fractions of rows whose code a training row that entered a loss had
         (one synchronisation)."""
         trained = self.rows[: self.count]
-        if self.exclude:
+        if self.track:
             trained = trained[self.used[: self.count]]
         return tuple(torch.isin(held, trained).sum().item() / len(held)  # an exact ratio
                      for held in (self.test, self.validation))

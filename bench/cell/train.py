@@ -44,7 +44,8 @@ from seqbench.cell.gradflow import gradient_flow
 from seqbench.cell.record import CellRecord
 from seqbench.cell.seen import Seen
 from seqbench.cell.shortcut import shortcut_score
-from seqbench.cell.step import TrainStep, generator
+from seqbench.cell.step import AUTOCAST, TrainStep, generator
+from seqbench.cell.varlen import VarLen
 from seqbench.env import environment
 from seqbench.models import build_model, count_parameters
 from seqbench.strict import stable_key
@@ -81,7 +82,8 @@ def flow_batch(batches: list[Batch], batch_size: int) -> Batch:
 
 @torch.no_grad()
 def evaluate(model, task: Task, batches: list[Batch]) -> tuple[float, float]:
-    """Mean loss and headline score over held-out batches."""
+    """Mean loss and headline score over held-out batches (a cell evaluates under its training
+    precision's autocast, so that a bf16 model is scored as it runs)."""
     model.eval()
     total = sum(len(b.inputs) for b in batches)
     loss = score = 0.0
@@ -162,15 +164,19 @@ def _train(cfg: CellConfig, task: Task, record: CellRecord, start: float) -> Non
     record.model_info = model.info
     validation, test = held_out(task, cfg, "validation"), held_out(task, cfg, "test")
     ood = ood_sets(task, cfg)
-    seen = Seen.for_task(task, cfg.length, validation, test, tc.steps * tc.batch_size, cfg.device)
+    seen = Seen.for_task(task, cfg.length, validation, test, tc.steps * tc.batch_size, cfg.device,
+                         varlen=tc.length_spread > 0)
     record.test_excluded = seen is not None and seen.exclude
     record.heldout_coverage = None if seen is None else seen.coverage
     record.shortcut = shortcut(task, cfg, validation, test, ood, seen)
     flow = flow_batch(validation, tc.batch_size)
     record.grad_flow = {"untrained": gradient_flow(model, task, flow)}
+    varlen = (VarLen(tc.length_spread, packed=tc.packing == "packed") if tc.length_spread > 0
+              else None)
     step = TrainStep(model, task, lengths=cfg.train_lengths(), batch_size=tc.batch_size,
                      lr=tc.lr, weight_decay=tc.weight_decay, clip=tc.clip, seed=cfg.seed,
-                     device=cfg.device, compile=tc.compile, screen=seen)
+                     device=cfg.device, autocast=AUTOCAST[tc.precision], compile=tc.compile,
+                     screen=seen, tbptt=tc.tbptt, tbptt_update=tc.tbptt_update, varlen=varlen)
     try:
         _loop(cfg, task, record, start, model, step, validation)
     finally:  # what training drew, whatever stopped it
@@ -184,10 +190,12 @@ def _train(cfg: CellConfig, task: Task, record: CellRecord, start: float) -> Non
     record.converged = converged(record.convergence)
     if record.status in ("diverged", "timeout"):
         return
-    record.test_loss, record.score = evaluate(model, task, test)
+    with step.autocast:
+        record.test_loss, record.score = evaluate(model, task, test)
     record.grad_flow["trained"] = gradient_flow(model, task, flow)
     if cfg.generalise is not None:
-        _generalisation(task, model, record, ood)
+        with step.autocast:
+            _generalisation(task, model, record, ood)
 
 
 def ood_sets(task: Task, cfg: CellConfig) -> dict[str, list[list[Batch]]] | None:
@@ -216,13 +224,28 @@ def shortcut(task: Task, cfg: CellConfig, validation: list[Batch], test: list[Ba
     return dict(sorted(result.items()))
 
 
+def first_step(cfg: CellConfig, step: TrainStep) -> None:
+    """The first training step; a failure there under mixed precision names the precision (a
+    kernel without a half-precision form on this device: CPU's oneDNN LSTM has no fp16 one)."""
+    try:
+        step()
+    except RuntimeError as exc:
+        if cfg.train.precision == "fp32" or is_oom(exc):
+            raise
+        raise RuntimeError(f"train.precision = {cfg.train.precision}: model {cfg.model!r} cannot "
+                           f"train at this precision on {cfg.device}: {exc}") from exc
+
+
 def _loop(cfg: CellConfig, task: Task, record: CellRecord, start: float, model,
           step: TrainStep, validation: list[Batch]) -> None:
     """Train to the budget, a solved evaluation, divergence or the timeout."""
     tc = cfg.train
     tokens = 0
     for n in range(1, tc.steps + 1):
-        step()
+        if n == 1:
+            first_step(cfg, step)
+        else:
+            step()
         late = tc.timeout_s > 0 and time.perf_counter() - start > tc.timeout_s
         if n % tc.eval_every and n != tc.steps and not late:
             continue
@@ -235,9 +258,11 @@ def _loop(cfg: CellConfig, task: Task, record: CellRecord, start: float, model,
             record.steps = window.first_nonfinite or n
             break
         record.train_loss = window.mean_loss
-        record.val_loss, record.val_score = evaluate(model, task, validation)
+        with step.autocast:
+            record.val_loss, record.val_score = evaluate(model, task, validation)
         record.history.append({"step": n, "train_loss": record.train_loss,
-                               "val_loss": record.val_loss, "val_score": record.val_score})
+                               "val_loss": record.val_loss, "val_score": record.val_score}
+                              | window.grads)
         if late:
             record.status = "timeout"
             record.error = f"train.timeout_s = {tc.timeout_s:g} s passed at step {n}"

@@ -137,13 +137,17 @@ class PerfSettings:
                 "cuda is not available on this machine; allowed here: cpu")
 
     def points(self) -> list:
-        """The MeasurePoint of every (model, length), validated."""
+        """The MeasurePoint of every (model, length), validated; no models given: every family
+        that applies to the task (seq2seq needs an answer phase)."""
         from seqbench.measure.point import MeasurePoint
         from seqbench.models import FAMILIES
+        from seqbench.tasks import get_task
 
+        io = get_task(self.task).io
+        models = self.models or [m for m, f in FAMILIES.items() if f.accepts(io)]
         return [MeasurePoint(model=m, length=n, batch_size=self.batch_size, device=self.device,
                              params=self.params, task=self.task)
-                for m in self.models or FAMILIES for n in self.lengths]
+                for m in models for n in self.lengths]
 
 
 def slowdown_hook() -> dict[str, float]:

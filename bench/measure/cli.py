@@ -23,7 +23,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models",
                    help="comma-separated families (default: every family that applies to --task)")
     p.add_argument("--lengths", default="64,256,1024,4096", help="comma-separated lengths")
-    add_options(p, MeasurePoint, skip=("model", "length", "seed", "hparams", "params"))
+    add_options(p, MeasurePoint, skip=("model", "length", "seed", "hparams", "params", "batching"))
+    # (not --batching: it would make the documented abbreviation --batch ambiguous)
+    p.add_argument("--varlen-batching", default="padded", metavar="A,B,...",
+                   help="with --length-spread: comma-separated ways to run the variable-length "
+                        "batches, of padded, packed (rnn, lstm, gru), bucketed; one point each "
+                        "(default: padded)")
     p.add_argument("--params", default="20k", help="parameter budget, e.g. 20000 or 20k")
     p.add_argument("--blocks", type=int, default=7, help="timed blocks per figure (>= 5)")
     p.add_argument("--stream", default="", help="stream positions, e.g. 1024,4096,16384")
@@ -64,8 +69,10 @@ def cmd_measure(args) -> int:
     io = get_task(fields.get("task", MeasurePoint.task)).io  # by default every family it fits
     models = (comma_list("--models", args.models) if args.models
               else [m for m, family in FAMILIES.items() if family.accepts(io)])
-    points = [MeasurePoint.from_dict(fields | {"model": m, "length": n})
-              for m in models for n in comma_list("--lengths", args.lengths, int)]
+    batchings = comma_list("--varlen-batching", args.varlen_batching)
+    points = [MeasurePoint.from_dict(fields | {"model": m, "length": n, "batching": b})
+              for m in models for n in comma_list("--lengths", args.lengths, int)
+              for b in batchings]
     stream = tuple(comma_list("--stream", args.stream, int)) if args.stream else ()
     require(args.blocks >= 5, "--blocks", f"must be >= 5, got {args.blocks}")
     require(args.rounds >= 0, "--rounds", f"must be >= 1 (0 = default), got {args.rounds}")
@@ -84,16 +91,40 @@ def cmd_measure(args) -> int:
         {"matmul_peak_flops_per_s": peak, "device": device, "dtype": dtype,
          "threads": torch.get_num_threads()}, indent=1) + "\n")
     console.print(f"matmul peak on {device} ({dtype}): {peak / 1e9:.1f} GFLOP/s")
+    records = []
     for i, point in enumerate(points, 1):
         record = measure(point, peak=peak, rss=not args.no_rss, blocks=args.blocks,
                          stream_positions=stream)
+        if point.length_spread > 0:  # one row per way of batching in the tables
+            record.variant = f"{point.model}-{point.batching}"
         store.save_measurement(record)
+        records.append(record)
         point_line(record, i, len(points))
     loaded = store.read()
     write_summary(store, loaded,
                   environment(device) | {"matmul_peak_flops_per_s": peak})
     print_tables(loaded, store.root)
+    if points[0].length_spread > 0:
+        _batching_table(records)
     return 0
+
+
+def _batching_table(records) -> None:
+    """Training tokens/s (real tokens) of each way of batching variable-length sequences, and
+    its ratio to padded batches, per model and length."""
+    table = Table(title="variable lengths: training tokens/s (real tokens), ratio to padded")
+    for col in ("model", "length", "spread", "batching", "tokens/s", "vs padded"):
+        table.add_column(col, justify="right")
+    padded = {(r.point["model"], r.point["length"]): r.train_tokens_per_s for r in records
+              if r.point["batching"] == "padded" and r.status == "ok"}
+    for r in records:
+        p = r.point
+        base = padded.get((p["model"], p["length"]))
+        speed = r.train_tokens_per_s
+        table.add_row(p["model"], str(p["length"]), f"{p['length_spread']:g}", p["batching"],
+                      f"{speed:,.0f}" if speed else r.status,
+                      f"{speed / base:.2f}x" if speed and base else "")
+    console.print(table)
 
 
 def _check_overhead(points, store, rounds: int) -> int:

@@ -8,6 +8,14 @@ step above the resident parameters and optimiser state (seqbench.measure.memory)
 the fraction of this machine's measured dense matmul peak it achieves; the cost of generating the
 batch relative to the step. An out-of-memory becomes status `oom`; any other failure `error`.
 
+Variable lengths (length_spread s > 0, seqbench.cell.varlen): the training step draws batches
+whose sequences have lengths uniform in [(1 - s) N, N], run `padded` (to N), `packed`
+(pack_padded_sequence: rnn, lstm, gru) or `bucketed` (the block's sequences sorted by length, each
+batch cut to its longest: small padding, lengths correlated within a batch). Tokens/s counts the
+real tokens only (the expected number per batch, the same for all three), so the three are
+compared on the work they do for the same data; FLOPs are not counted for these points (they
+depend on each batch's lengths). The inference forward runs one such batch the same way.
+
 FLOPs: torch.utils.flop_counter.FlopCounterMode counts matmuls, convolutions and attention (CPU's
 fused attention through formulas added here); it does not see the fused RNN kernels, so
 torch.nn.RNN/LSTM/GRU modules are counted analytically, and what it does see inside them (the
@@ -27,9 +35,17 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from seqbench.cell.config import DEVICES, check_applies, display_of, plugins_env
+from seqbench.cell.config import (
+    DEVICES,
+    check_applies,
+    display_of,
+    offering,
+    plugins_env,
+    techniques,
+)
 from seqbench.cell.step import TrainStep
 from seqbench.cell.train import is_oom
+from seqbench.cell.varlen import VarLen
 from seqbench.env import environment
 from seqbench.measure.memory import cuda_peak, rss_growth, rss_growth_in_process, saved_bytes
 from seqbench.measure.record import MEASURE_SCHEMA, MeasureRecord
@@ -46,6 +62,7 @@ from seqbench.strict import (
 from seqbench.tasks import get_task
 
 DTYPES = ("fp32", "bf16")
+BATCHINGS = ("padded", "packed", "bucketed")
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,12 @@ class MeasurePoint:
     task: str = setting("parity", "supplies the input/output shapes and the loss")
     seed: int = setting(0, "seed of the initialisation and the batch")
     hparams: Any = field(default=None, metadata={"help": "the family's hyper-parameters"})
+    length_spread: float = setting(0.0, "variable lengths: each sequence's length uniform in "
+                                   "[(1 - s) N, N] (train.length_spread); 0: all at N",
+                                   added=True)
+    batching: str = setting("padded", "under length_spread: padded, packed (rnn, lstm, gru) or "
+                            "bucketed (sorted by length, each batch cut to its longest)",
+                            choices=BATCHINGS, added=True)
 
     def __post_init__(self):
         family = get_family(self.model)
@@ -73,6 +96,21 @@ class MeasurePoint:
         check_choice("dtype", self.dtype, DTYPES)
         if type(self.hparams) is not family.hparams:
             object.__setattr__(self, "hparams", parse_hparams(self.model, self.hparams))
+        require(0 <= self.length_spread < 1, "length_spread",
+                f"must be in [0, 1), got {self.length_spread}")
+        check_choice("batching", self.batching, BATCHINGS)
+        require(self.length_spread > 0 or self.batching == "padded", "batching",
+                "applies only with length_spread > 0")
+        require(self.batching != "packed" or "packed" in techniques(self.hparams), "batching",
+                f"model {self.model!r} does not run packed batches; models that do: "
+                f"{', '.join(offering('packed'))}")
+
+    def varlen(self) -> VarLen | None:
+        """The point's variable-length batches, or None (every sequence at its length)."""
+        if self.length_spread == 0:
+            return None
+        return VarLen(self.length_spread, packed=self.batching == "packed",
+                      bucketed=self.batching == "bucketed")
 
     @classmethod
     def from_dict(cls, data: dict) -> MeasurePoint:
@@ -108,10 +146,20 @@ class Harness:
         autocast = torch.bfloat16 if point.dtype == "bf16" else None
         self.train_step = TrainStep(self.model, self.task, lengths=[point.length],
                                     batch_size=point.batch_size, lr=1e-4, clip=1.0,
-                                    seed=point.seed, device=point.device, autocast=autocast)
+                                    seed=point.seed, device=point.device, autocast=autocast,
+                                    varlen=point.varlen())
         self.opt = self.train_step.opt
         self.autocast = self.train_step.autocast
         self.batch = self.sample()
+        varlen = point.varlen()
+        # time steps of real tokens per step: all of them, or the expected unpadded ones
+        self.tokens = (point.batch_size * self.seq_len if varlen is None
+                       else varlen.mean_tokens(self.task, point.length, point.batch_size))
+        # warm-up calls before timing: bucketed batches come in one width per length, each a new
+        # shape for the kernels' caches (oneDNN primitives, cuDNN plans) the first time: two
+        # calls per possible length let the timed blocks see the steady state
+        self.warmup = 3 if varlen is None or not varlen.bucketed else max(
+            3, 2 * len(varlen.choices(self.task, point.length)))
 
     def sample(self):
         """The next training batch as a sweep draws it (prefetched in blocks, so timing many calls
@@ -120,7 +168,7 @@ class Harness:
 
     def infer_step(self) -> None:
         with torch.inference_mode(), self.autocast:
-            self.model(self.batch.inputs)
+            self.train_step.outputs(self.batch)
 
     def forward_backward(self) -> None:
         """Forward and backward without the optimiser (for saved-tensor accounting)."""
@@ -219,9 +267,9 @@ def _measure(point, record, rss, blocks, stream_positions):
     h = Harness(point)
     record.seq_len = h.seq_len
     record.params_actual = count_parameters(h.model)
-    tokens = point.batch_size * h.seq_len
+    tokens = h.tokens
     h.train_step()  # optimiser state exists from here on: it is part of the baseline
-    train = time_blocks(h.train_step, point.device, blocks=blocks)
+    train = time_blocks(h.train_step, point.device, warmup=h.warmup, blocks=blocks)
     record.train_ms, record.train_ms_iqr = train.median * 1e3, train.iqr * 1e3
     record.train_tokens_per_s = tokens / train.median
     h.model.eval()
@@ -240,10 +288,11 @@ def _measure(point, record, rss, blocks, stream_positions):
         record.infer_peak_allocated, record.infer_peak_reserved = cuda_peak(h.infer_step, "cuda")
     elif rss:
         record.rss_growth_bytes = rss_growth(point.to_dict())
-    record.train_flops = train_flops(h)
-    record.achieved_flops_per_s = record.train_flops / train.median
-    if record.matmul_peak_flops_per_s:
-        record.efficiency = record.achieved_flops_per_s / record.matmul_peak_flops_per_s
+    if point.varlen() is None:  # variable lengths: FLOPs depend on each batch (docstring)
+        record.train_flops = train_flops(h)
+        record.achieved_flops_per_s = record.train_flops / train.median
+        if record.matmul_peak_flops_per_s:
+            record.efficiency = record.achieved_flops_per_s / record.matmul_peak_flops_per_s
     if stream_positions and h.model.info.get("causal", True):  # bidirectional: no streaming
         from seqbench.measure.streaming import measure_streaming
 

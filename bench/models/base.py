@@ -16,10 +16,21 @@ outputs itself (Core.emits: it feeds its own predictions back, so the head is in
 the targets in training (Core.teacher: forward(x, teacher=targets), teacher forcing; without them
 it decodes greedily), and its family applies only to tasks whose io declares an answer phase
 (Family.needs_answer_phase; IOSpec.answer_phase).
+
+Training techniques a core may implement (seqbench.cell.step; which ones a family offers is
+declared by its hyper-parameters' techniques(), checked when a cell is configured):
+- lengths (variable-length batches, right-padded; Batch.lengths): forward(x, lengths=...), and
+  for torch's recurrent modules also packed=True (torch.nn.utils.rnn.pack_padded_sequence). A
+  causal core without a `lengths` argument runs padded batches as they are: with right padding
+  its outputs at a row's real steps never depend on the padding.
+- "tbptt" (truncated backpropagation through time): forward_from(x, state) -> (y, final state),
+  state None for the zero initial state; chunks glued without detaching give forward's outputs.
+- "packed": forward(x, lengths=..., packed=True).
 """
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,15 +68,32 @@ class SequenceModel(nn.Module):
         self.head = nn.Identity() if core.emits else nn.Linear(core.d_out, io.output_size)
         self.teacher = core.teacher  # forward takes teacher=targets (seqbench.cell.step passes them)
         self.info = {"width": core.d_in, **core.info}
+        self.takes_lengths = "lengths" in inspect.signature(self.core.forward).parameters
 
-    def forward(self, inputs: torch.Tensor, teacher: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-step outputs; teacher: the batch's targets, for a core that declares it takes them
-        (teacher forcing in training; without them it runs on its own predictions)."""
-        if teacher is None:
-            return self.head(self.core(self.encoder(inputs)))
-        if not self.teacher:
-            raise TypeError("this model's core does not take targets (Core.teacher is False)")
-        return self.head(self.core(self.encoder(inputs), teacher=teacher))
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor | None = None,
+                packed: bool = False, teacher: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-step outputs; lengths: each row's real steps of a right-padded batch (the core
+        masks or packs if it takes them; a causal core needs nothing), packed: run them packed;
+        teacher: the batch's targets, for a core that declares it takes them (teacher forcing in
+        training; without them it runs on its own predictions)."""
+        x, kw = self.encoder(inputs), {}
+        if teacher is not None:
+            if not self.teacher:
+                raise TypeError("this model's core does not take targets (Core.teacher is False)")
+            kw["teacher"] = teacher
+        if lengths is not None:
+            if self.takes_lengths:
+                kw |= {"lengths": lengths, **({"packed": True} if packed else {})}
+            elif packed or not self.info.get("causal", True):
+                raise ValueError("this core takes no lengths: it can run a right-padded batch "
+                                 "only if causal, and never packed")
+        return self.head(self.core(x, **kw))
+
+    def forward_from(self, inputs: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """Outputs of inputs continuing from a carried core state (None: the zero state), and the
+        state after the last step, for truncated BPTT (cores that implement forward_from)."""
+        y, state = self.core.forward_from(self.encoder(inputs), state)
+        return self.head(y), state
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> Any:
         """The core's streaming state before the first step (default: the encoder's device,

@@ -28,6 +28,10 @@ cast to float32 before the scan.
 
 Streaming state: per layer the complex state x (B, N), O(1) in the position; a step is one
 update of the recurrence (new tensors, the given state untouched).
+
+Truncated BPTT (forward_from): a chunk that starts from a carried state x_{-1} = s runs the same
+scan with Lambda s added to its first drive term, x_0 = Lambda s + gamma B u_0, and returns its
+last state; glued without detaching, chunks give forward's outputs and gradients.
 """
 from __future__ import annotations
 
@@ -64,6 +68,10 @@ class LRUHP:
 
     def state_size(self, width: int) -> int:
         return max(1, round(self.state_mult * width))
+
+    def techniques(self) -> tuple[str, ...]:
+        """Training techniques (seqbench.models.base): a carried state for truncated BPTT."""
+        return ("tbptt",)
 
 
 class LRU(nn.Module):
@@ -121,7 +129,17 @@ class LRU(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """(B, L, H) -> (B, L, H) through the parallel scan."""
-        return self.readout(scan(self.eigenvalues(), self.drive(u)), u)
+        return self.forward_from(u, None)[0]
+
+    def forward_from(self, u: torch.Tensor, x0: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward from the state x_{-1} = x0 (B, N) complex (None: zero) -> (outputs, the state
+        at the last step)."""
+        lam, b = self.eigenvalues(), self.drive(u)
+        if x0 is not None:  # the initial-state term enters through the first step's drive
+            b = torch.cat([b[:, :1] + (lam * x0)[:, None], b[:, 1:]], dim=1)
+        x = scan(lam, b)
+        return self.readout(x, u), x[:, -1]
 
     def step(self, u_t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One step of the recurrence: u_t (B, H), x (B, N) complex -> y_t (B, H), new x."""
@@ -147,6 +165,10 @@ class LRUBlock(nn.Module):
     def forward(self, x):
         return x + self.mix(self.lru(self.norm(x)), self.training)
 
+    def forward_from(self, x, h):
+        y, h = self.lru.forward_from(self.norm(x), h)
+        return x + self.mix(y, self.training), h
+
     def step(self, x_t, h):
         y, h = self.lru.step(self.norm(x_t), h)
         return x_t + self.mix(y, False), h
@@ -162,6 +184,19 @@ class DeepLRU(nn.Module):
         for block in self.blocks:
             x = block(x)
         return x
+
+    def forward_from(self, x, state):
+        """forward from the per-layer states (None: zeros) -> (outputs, the states at the last
+        step)."""
+        new = []
+        for block, h in zip(self.blocks, state or (None,) * len(self.blocks), strict=True):
+            x, h = block.forward_from(x, h)
+            new.append(h)
+        return x, tuple(new)
+
+    def first_layer(self) -> list[nn.Parameter]:
+        """The first block's recurrence (nu, theta, gamma, B, C, D)."""
+        return list(self.blocks[0].lru.parameters())
 
     def init_state(self, batch_size: int, device, dtype) -> tuple[torch.Tensor, ...]:
         """Per layer a zero complex state (B, N): complex64, complex128 for float64."""

@@ -22,6 +22,14 @@ the gates, c_{t-1} into the input and forget gates, c_t into the output gate:
 Its parameters are laid out as torch.nn.LSTM's (weight_ih, weight_hh, bias_ih, bias_hh per layer,
 gate order i, f, g, o, the same uniform initialisation), plus w_ci, w_cf, w_co, initialised from
 the same uniform distribution; with the peephole weights at zero it computes torch.nn.LSTM exactly.
+
+Training techniques (seqbench.models.base): every causal model here carries its state for
+truncated BPTT (forward_from: torch's h0 / (h0, c0), or the peephole layers' (h, c)); the torch
+modules also run variable-length batches packed (torch.nn.utils.rnn.pack_padded_sequence with the
+lengths on the host, enforce_sorted=False, so the rows need no sorting): the padded steps are not
+computed at all, and a bidirectional model's backward direction starts at each row's own last
+step (padded, it would start in the padding, so it refuses a padded batch). The peephole LSTM is
+a Python loop over time and runs padded batches only.
 """
 from __future__ import annotations
 
@@ -31,6 +39,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seqbench.models.base import Core, Family
 from seqbench.strict import added, require
@@ -51,6 +60,11 @@ class RecurrentHP:
         require(self.layers >= 1, f"{where}.layers", f"must be >= 1, got {self.layers}")
         require(0 <= self.dropout < 1, f"{where}.dropout", f"must be in [0, 1), got {self.dropout}")
 
+    def techniques(self) -> tuple[str, ...]:
+        """Training techniques these models support (seqbench.models.base): no carried state
+        for a bidirectional model."""
+        return ("packed",) if self.bidirectional else ("tbptt", "packed")
+
 
 @dataclass(frozen=True)
 class LSTMHP(RecurrentHP):
@@ -66,6 +80,9 @@ class LSTMHP(RecurrentHP):
             "set peephole = false or bidirectional = false",
         )
 
+    def techniques(self) -> tuple[str, ...]:
+        return ("tbptt",) if self.peephole else super().techniques()
+
 
 class Recurrent(nn.Module):
     """Wraps an nn.RNNBase to return only the per-step outputs (for a bidirectional module, the
@@ -80,12 +97,39 @@ class Recurrent(nn.Module):
         super().__init__()
         self.rnn = rnn
 
-    def forward(self, x):
-        y = self.rnn(x)[0]
+    def forward(self, x, lengths=None, packed=False):
+        """Per-step outputs; lengths (B,): each row's real steps of a right-padded batch, run
+        padded (a causal module needs nothing more) or packed (padded steps not computed; the
+        outputs there are zeros)."""
+        if packed:
+            seq = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            y = pad_packed_sequence(self.rnn(seq)[0], batch_first=True, total_length=x.shape[1])[0]
+        elif lengths is not None and self.rnn.bidirectional:
+            raise ValueError("a bidirectional model runs a padded batch packed only: its backward "
+                             "direction would start in the padding")
+        else:
+            y = self.rnn(x)[0]
         if not self.rnn.bidirectional:
             return y
         h = self.rnn.hidden_size  # y[:, t, h:] is the backward output after reading L - t tokens
-        return torch.cat([y[..., :h], y[..., h:].flip(1)], dim=-1)
+        if lengths is None:
+            return torch.cat([y[..., :h], y[..., h:].flip(1)], dim=-1)
+        # per row of length n: the backward output at n - 1 - t (the padded steps read step 0)
+        steps = torch.arange(x.shape[1], device=y.device)
+        back = (lengths.to(y.device)[:, None] - 1 - steps).clamp(min=0)
+        return torch.cat([y[..., :h], y[..., h:].gather(1, back[..., None].expand(-1, -1, h))],
+                         dim=-1)
+
+    def forward_from(self, x, state):
+        """forward from a carried state (None: zeros) -> (outputs, final state), causal only."""
+        if self.rnn.bidirectional:
+            raise NotImplementedError(NO_STREAMING)
+        return self.rnn(x, state)
+
+    def first_layer(self) -> list[nn.Parameter]:
+        """The parameters of the first layer (both directions): weight_ih_l0, weight_hh_l0, ..."""
+        return [p for name, p in self.rnn.named_parameters()
+                if name.endswith("_l0") or name.endswith("_l0_reverse")]
 
     def init_state(self, batch_size: int, device, dtype):
         if self.rnn.bidirectional:
@@ -154,13 +198,25 @@ class PeepholeLSTM(nn.Module):
         )
 
     def forward(self, x):
-        b = x.shape[0]
-        zeros = x.new_zeros(b, self.hidden_size)
-        for k, layer in enumerate(self.layers):
+        return self.forward_from(x, None)[0]
+
+    def forward_from(self, x, state):
+        """forward from a carried (h, c), each (layers, B, H) (None: zeros) -> (outputs, final
+        (h, c))."""
+        if state is None:
+            zeros = x.new_zeros(self.num_layers, x.shape[0], self.hidden_size)
+            state = (zeros, zeros)
+        hs, cs = [], []
+        for k, (layer, h, c) in enumerate(zip(self.layers, *state, strict=True)):
             if k > 0:
                 x = F.dropout(x, self.dropout, self.training)
-            x, _, _ = layer(x, zeros, zeros)
-        return x
+            x, h, c = layer(x, h, c)
+            hs.append(h)
+            cs.append(c)
+        return x, (torch.stack(hs), torch.stack(cs))
+
+    def first_layer(self) -> list[nn.Parameter]:
+        return list(self.layers[0].parameters())
 
     def init_state(self, batch_size: int, device, dtype):
         h = torch.zeros(self.num_layers, batch_size, self.hidden_size, device=device, dtype=dtype)

@@ -8,6 +8,11 @@ comes from left padding by (k - 1) * d alone (the reference pads both sides and 
 
 Streaming state: per causal convolution a buffer of its last (k - 1) * d inputs, zeros at the start
 as forward's left padding, so field - 1 past inputs per channel in all: O(receptive field).
+
+Variable-length batches (right-padded, forward(x, lengths)): the padded tail is zeroed at the
+input and after every block, so no activation there is computed from padding. A causal
+convolution's output at a real step reads only earlier steps, so the real outputs are the same
+with or without the mask (it costs one multiply per block).
 """
 from __future__ import annotations
 
@@ -112,8 +117,17 @@ class TCN(nn.Module):
             *(TemporalBlock(width, width, kernel_size, 2**i, dropout) for i in range(levels))
         )
 
-    def forward(self, x):
-        return self.blocks(x.transpose(1, 2)).transpose(1, 2)
+    def forward(self, x, lengths=None):
+        """(B, L, C) -> (B, L, C); lengths (B,): each row's real steps of a right-padded batch,
+        whose padded tail is masked (see the module docstring)."""
+        if lengths is None:
+            return self.blocks(x.transpose(1, 2)).transpose(1, 2)
+        steps = torch.arange(x.shape[1], device=x.device)
+        real = (steps < lengths.to(x.device)[:, None]).unsqueeze(1).to(x.dtype)  # (B, 1, L)
+        h = x.transpose(1, 2) * real
+        for block in self.blocks:
+            h = block(h) * real
+        return h.transpose(1, 2)
 
     def init_state(self, batch_size: int, device, dtype):
         return tuple(block.init_state(batch_size, device, dtype) for block in self.blocks)

@@ -20,6 +20,13 @@ block, and one of four position schemes (`positions`):
 
 rope, alibi and sinusoidal work at any length.
 
+Variable-length batches (right-padded, forward(x, lengths)): a key-padding mask keeps every
+query off the padded keys, combined with the causal mask (and ALiBi's bias) into one attention
+mask, so no output is computed from padding. For a row's real queries the causal mask already
+excludes the padding (it lies after them), so their outputs are the same with or without it; it
+changes only what the padded positions compute, and costs the is_causal kernels (a (B, 1, L, L)
+boolean mask is materialised).
+
 Streaming state: a KV cache, per layer the keys and values of all past positions (B, heads, t,
 head_dim), and the next position t: O(t). A step attends its one query over the cache (a single
 query needs no causal mask; ALiBi adds the bias row of its position); under RoPE the cache holds
@@ -156,7 +163,8 @@ class Block(nn.Module):
 
     def attention(self, x, rope=None, bias=None):
         """Causal self-attention of x (B, T, C); rope: (cos, sin) of positions 0 .. T-1 to rotate
-        queries and keys with; bias: an additive float mask (ALiBi) that also masks the future."""
+        queries and keys with; bias: an additive float mask (ALiBi) or a boolean one (True:
+        attend) that also masks the future."""
         q, k, v = self.split_heads(x)
         if rope is not None:
             q, k = rotate(q, *rope), rotate(k, *rope)
@@ -225,11 +233,20 @@ class Transformer(nn.Module):
             return {"bias": alibi_bias(self.slopes, start, length, start + length, compute_dtype(x))}
         return {}
 
-    def forward(self, x):
+    def forward(self, x, lengths=None):
+        """(B, L, C) -> (B, L, C); lengths (B,): each row's real steps of a right-padded batch,
+        whose padded keys are masked (see the module docstring)."""
         length = x.shape[1]
         if self.kind in ("sinusoidal", "learned"):
             x = x + self.positions(0, length, x)
         relative = self.relative(0, length, x)
+        if lengths is not None:
+            steps = torch.arange(length, device=x.device)
+            keys = (steps < lengths.to(x.device)[:, None])[:, None, None, :]  # (B, 1, 1, L)
+            if "bias" in relative:  # ALiBi: -inf on padded keys too
+                relative["bias"] = relative["bias"].masked_fill(~keys, float("-inf"))
+            else:
+                relative["bias"] = keys & (steps[None, :] <= steps[:, None])  # and causal
         for block in self.blocks:
             x = block(x, **relative)
         return self.ln_f(x)
