@@ -161,11 +161,11 @@ def test_sweep_rejects_bad_config(tmp_path, capsys, case):
     ("args", "fragments"),
     [
         (["--config", "MISSING"], ["config: cannot read", "sweep.toml"]),
-        ([], ["give exactly one of --preset (smoke, quick, findings, full, gpu-check) or --config "
-              "FILE"]),
+        ([], ["give exactly one of --preset (smoke, quick, findings, full, gpu-check, "
+              "techniques-attention, techniques-tbptt, techniques-precision) or --config FILE"]),
         (["--preset", "smoke", "--config", "EXISTING"], ["give exactly one of --preset"]),
         (["--preset", "huge"], ["preset: unknown value 'huge'",
-                                "allowed: findings, full, gpu-check, quick, smoke"]),
+                                "allowed: findings, full, gpu-check, quick, smoke, techniques-"]),
     ],
     ids=["missing config file", "neither", "both", "unknown preset"],
 )

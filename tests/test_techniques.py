@@ -523,3 +523,28 @@ def test_cli_rejects_an_unknown_technique_value(capsys):
                              "--precision", "fp64"],
                     "train.precision: unknown value 'fp64'; allowed: bf16, fp16, fp32")
 
+
+
+@pytest.mark.parametrize(("name", "axis"), [("techniques-tbptt", "tbptt"),
+                                            ("techniques-precision", "precision")])
+def test_technique_presets_vary_only_their_technique(name, axis):
+    """Each hyper-parameter set of a technique preset changes that technique and nothing else, so a
+    difference between sets is the technique's effect."""
+    import dataclasses
+
+    from seqbench.cell.config import TrainConfig
+    from seqbench.sweeps.spec import preset
+    by_cell: dict = {}
+    for _, cfg in preset(name).labelled_cells():
+        default = {axis: getattr(TrainConfig(), axis)}
+        rest = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **default))
+        by_cell.setdefault(rest, set()).add(getattr(cfg.train, axis))
+    assert len({len(v) for v in by_cell.values()}) == 1 and len(next(iter(by_cell.values()))) >= 2
+
+
+def test_attention_preset_compares_the_three_attentions_and_a_decoder_only_model():
+    from seqbench.sweeps.spec import preset
+    cells = preset("techniques-attention").labelled_cells()
+    attention = {cfg.hparams.attention for _, cfg in cells if cfg.model == "seq2seq"}
+    assert attention == {"none", "additive", "dot"} and any(c.model == "lstm" for _, c in cells)
+    assert len({c.seed for _, c in cells}) >= 3

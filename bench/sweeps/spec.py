@@ -33,7 +33,8 @@ from seqbench.models import get_family, parse_hparams
 from seqbench.strict import ConfigError, check_choice, coerce, from_mapping, require
 from seqbench.tasks import get_task
 
-PRESETS = ("smoke", "quick", "findings", "full", "gpu-check")
+PRESETS = ("smoke", "quick", "findings", "full", "gpu-check", "techniques-attention",
+           "techniques-tbptt", "techniques-precision")
 
 
 def _label(field: str, name: str, what: str) -> None:
