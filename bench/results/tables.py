@@ -47,6 +47,8 @@ class PivotTable:
     rows: list[str]
     text: dict[tuple[str, str], str]  # (row, column) -> cell text
     best: set[tuple[str, str]]
+    task: str = ""  # the task this table belongs to; "" for cross-task tables (solve length)
+    notes: str = ""  # how `best` was chosen, for the reader (e.g. the significance rule)
 
 
 def _models(df: pd.DataFrame) -> list[str]:
