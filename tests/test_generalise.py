@@ -558,9 +558,14 @@ def test_tables_of_a_generalisation_task_from_made_up_records():
     assert header == ["N=4 (train)", "L=6", "L=8"]
     assert rows["rnn"] == [shown([1.0, 0.5], 1), shown([0.5, 1.0], 1), shown([0.25, 0.75], 0)]
     assert rows["gru"] == [shown([1.0, 1.0], 2), shown([1.0, 1.0], 2), shown([1.0, 0.98], 1)]
-    # the solve-length table counts N whose test mean is solved by most seeds
+    # the solve-length table judges N by the interval of its test-length means over seeds: gru's
+    # 1.0 and 0.99 at N=4 (two seeds, t with 1 degree of freedom) cannot decide a 0.99 threshold
     _, _, rows = parse_table(summary, "solve length")
-    assert rows == {"rnn": ["—"], "gru": ["4 (2/2)"]}
+    assert rows == {"rnn": ["— (N=2, 4 undecided)"], "gru": ["— (N=2, 4 undecided)"]}
+    solid = records + [lg_record("gru", 2, 1.0, [1.0, 1.0])]  # gru at N=4: 1.0, 0.99, 1.0
+    gdf = pd.DataFrame([row for r in solid for row in ood_rows(r)])
+    _, _, rows = parse_table(markdown(task_tables(frame(solid), gdf), "lg"), "solve length")
+    assert rows["gru"] == ["4 (3/3; N=2 undecided)"]
 
 
 # Sweeps ----------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from seqbench.results.stats import (
     interval,
     pairwise,
     solve_length,
+    solve_verdict,
     solved,
     winners,
 )
@@ -88,27 +89,38 @@ def test_solved_counts_failed_seed_in_n():
     assert solved([0.95, 0.9499], 0.95) == (1, 2)  # reaching the threshold counts
 
 
-def test_solve_length_majority_and_failed_seed():
+def test_solve_verdict_follows_the_interval_against_the_threshold():
     t = 0.95
-    runs = {10: [1.0, 1.0, 1.0], 50: [1.0, 0.97, 0.3], 100: [1.0, 0.2, 0.2]}
+    assert solve_verdict([1.0, 1.0, 1.0], t) == "solved"  # constant: a zero-width interval
+    x = [0.97, 0.98, 0.99]
+    low, high = stats.t.interval(0.95, 2, loc=np.mean(x), scale=stats.sem(x))
+    assert low >= t and solve_verdict(x, t) == "solved"
+    x = [0.96, 0.99, 0.93]  # mean 0.96, but the interval reaches below 0.95
+    assert stats.t.interval(0.95, 2, loc=np.mean(x), scale=stats.sem(x))[0] < t
+    assert solve_verdict(x, t) == "undecided"
+    assert solve_verdict([0.5, 0.6, 0.55], t) == "not solved"
+    assert solve_verdict([1.0], t) == "undecided"  # one seed decides nothing
+    assert solve_verdict([None, None], t) == "not solved"  # every seed failed
+    assert solve_verdict([1.0, None, 1.0], t) == "solved"  # the failed seed has no score
+
+
+def test_solve_length_reports_k_n_undecided_and_unsolved_below():
+    t = 0.95
+    runs = {10: [1.0, 1.0, 1.0], 50: [1.0, 0.97, 0.3], 100: [0.2, 0.2, 0.21]}
     got = solve_length(runs, t)
-    assert (got.length, got.k, got.n, got.unsolved_below) == (50, 2, 3, ())
-    # One failed seed: not solved, still counted in n.
+    assert (got.length, got.k, got.n, got.undecided, got.unsolved_below) == (10, 3, 3, (50,), ())
     got = solve_length({10: [1.0, None, 1.0]}, t)
-    assert (got.length, got.k, got.n) == (10, 2, 3)
-    assert solve_length({10: [1.0, None]}, t) is None  # 1/2 is not a strict majority
-    assert solve_length({10: [1.0, 1.0, 0.1, 0.1]}, t) is None  # nor is 2/4
-    assert solve_length({10: [1.0, 1.0, 1.0, 0.1]}, t).k == 3
-    assert solve_length({10: [0.1, 0.2], 20: [None, None]}, t) is None
-    # fraction=0: any one seed suffices.
-    assert solve_length({10: [1.0, 0.1, 0.1]}, t, fraction=0).length == 10
-    with pytest.raises(ConfigError, match="fraction"):
-        solve_length(runs, t, fraction=1)
+    assert (got.length, got.k, got.n) == (10, 2, 3)  # the failed seed counts in n
+    none = solve_length({10: [0.1, 0.2], 20: [None, None]}, t)
+    assert none.length is None and none.undecided == ()
+    with pytest.raises(ConfigError, match="level"):
+        solve_length(runs, t, level=1.0)
 
 
 def test_solve_length_longest_even_when_shorter_unsolved():
     got = solve_length({100: [1.0, 1.0, 1.0], 10: [0.2, 0.2, 0.2], 50: [0.99, 0.1, 0.99]}, 0.95)
-    assert (got.length, got.k, got.n, got.unsolved_below) == (100, 3, 3, (10,))
+    assert (got.length, got.k, got.n, got.unsolved_below, got.undecided) == (100, 3, 3, (10,),
+                                                                              (50,))
 
 
 # --- compare --------------------------------------------------------------------------------

@@ -364,12 +364,13 @@ def test_interval_and_solve_length_tables_are_exact(tmp_path):
         "tcn": ["0.500 0/1", "1.000 1/1"],
     }
     assert "n=1-2 seeds" in summary and "seed(s)" not in summary
-    # the longest length solved by more than half of its seeds, even past an unsolved shorter
-    # one (named); lstm's L=4 is solved by 1 of 2 seeds only (the failed one counts)
+    # the longest length whose interval over seeds clears the threshold; one seed (or one
+    # scored seed beside a failed one) decides nothing: undecided
     header, rows = parse_table(summary, "solve length")
     assert header == ["adding", "parity"]
-    assert rows == {"rnn": ["**8 (1/1)**", "2 (2/2)"], "lstm": ["—", "2 (1/1)"],
-                    "gru": ["", "—"], "tcn": ["", "**4 (1/1; L=2 not)**"]}
+    assert rows == {"rnn": ["— (L=8 undecided)", "2 (2/2; L=4 undecided)"],
+                    "lstm": ["— (L=8 undecided)", "— (L=2, 4 undecided)"],
+                    "gru": ["", "— (L=2, 4 undecided)"], "tcn": ["", "— (L=2, 4 undecided)"]}
     assert "lengths tested: adding L=8; parity L=2, 4" in summary
 
 
@@ -392,7 +393,8 @@ def test_reports_show_the_set_best_on_validation_and_every_set(tmp_path):
     _, rows = parse_table(summary, "parity by hyper-parameter set")
     assert rows == {"rnn [fast]": [shown([0.9, 1.0], 1)], "rnn [slow]": [shown([0.5, 0.7], 0)],
                     "lstm [fast]": ["1 oom"], "lstm [slow]": ["0.600 0/1"]}
-    assert parse_table(summary, "solve length")[1] == {"rnn": ["—"], "lstm": ["—"]}
+    assert parse_table(summary, "solve length")[1] == {"rnn": ["— (L=2 undecided)"],
+                                                       "lstm": ["— (L=2 undecided)"]}
     assert set(pd.read_csv(store.root / "results.csv")["hpset"]) == {"slow", "fast"}
 
 

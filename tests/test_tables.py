@@ -116,15 +116,17 @@ def test_chance_row_only_where_chance_varies_by_length():
     assert "chance" not in flat.rows
 
 
-def test_solve_length_needs_more_than_half_of_the_seeds():
-    recs = (records({"rnn": [1.0, 1.0, 0.5], "lstm": [1.0, 0.5, 0.5]}, length=2)
+def test_solve_length_needs_the_interval_above_the_threshold():
+    recs = (records({"rnn": [1.0, 1.0, 1.0], "lstm": [1.0, 0.5, 0.5]}, length=2)
             + records({"rnn": [1.0, 0.5, None], "lstm": [1.0, 1.0, 0.999]}, length=4))
     solve = task_tables(stored(recs))[-1]
     assert solve.title == "solve length"
-    # rnn: 2/3 at L=2, 1/3 at L=4; lstm: 1/3 at L=2, 3/3 at L=4 (the shorter one named)
-    assert solve.text[("rnn", "parity")] == "2 (2/3)"
-    assert solve.text[("lstm", "parity")] == "4 (3/3; L=2 not)"
-    assert "more than 50% of its seeds" in solve.caption
+    # rnn: solved at L=2, undecided at L=4 (1 of 2 scored seeds); lstm: L=2 straddles, L=4 solved
+    assert solve.text[("rnn", "parity")] == "2 (3/3; L=4 undecided)"
+    assert solve.text[("lstm", "parity")] == "4 (3/3)"
+    lone = task_tables(stored(records({"rnn": [1.0]}, length=2)))[-1]
+    assert lone.text[("rnn", "parity")] == "— (L=2 undecided)"  # one seed decides nothing
+    assert "t-interval" in solve.caption
 
 
 def test_findings_and_pairwise_csv(tmp_path):

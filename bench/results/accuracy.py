@@ -27,7 +27,6 @@ from seqbench.results import cellstats, stats
 from seqbench.results.cellstats import ALPHA, LEVEL, MARGIN, Cell
 from seqbench.results.tables import (
     PivotTable,
-    _best,
     _models,
     _with_extra,
     _with_sets,
@@ -43,7 +42,6 @@ from seqbench.results.tables import (
 
 SHORTCUT_ROW = "shortcut (n-gram)"
 CHANCE_ROW = "chance"
-SOLVE_FRACTION = 0.5  # stats.solve_length: solved by more than half of the seeds (2/3, 3/3)
 
 
 @dataclass
@@ -247,40 +245,46 @@ def _solve_table(found: list[Study], unusable_models) -> PivotTable:
     columns = [s.title for s in found]
     text, lengths = {}, {}
     for s in found:
-        symbol = length_axis(s.tdf)[0]
+        symbol = "N" if s.lg else length_axis(s.tdf)[0]  # N: the longest training length
         by_model: dict[str, dict[int, list]] = {}
         for (m, n), c in s.cells.items():
             by_model.setdefault(m, {})[n] = list(c.seeds.values())
         for m, _ in s.unusable:
             by_model.setdefault(m, {})
         for m, by_length in by_model.items():
-            got = stats.solve_length(by_length, s.threshold, SOLVE_FRACTION)
+            got = stats.solve_length(by_length, s.threshold, LEVEL)
             cell = (m, s.title)
-            if got is None:
-                text[cell] = "—"
+            parts = []
+            if got.unsolved_below:
+                parts.append(f"{symbol}={', '.join(map(str, got.unsolved_below))} not")
+            undecided = [n for n in got.undecided if got.length is None or n > got.length]
+            if undecided:
+                parts.append(f"{symbol}={', '.join(map(str, undecided))} undecided")
+            if got.length is None:
+                text[cell] = "—" + (f" ({'; '.join(parts)})" if parts else "")
             else:
-                below = f"; {symbol}={', '.join(map(str, got.unsolved_below))} not" \
-                    if got.unsolved_below else ""
-                text[cell] = f"{got.length} ({got.k}/{got.n}{below})"
+                text[cell] = f"{got.length} ({'; '.join([f'{got.k}/{got.n}', *parts])})"
                 lengths[cell] = got.length
             beyond = [n for m2, n in s.unusable if m2 == m and n > lengths.get(cell, 0)]
             if beyond:
                 text[cell] += f" ({symbol}={', '.join(map(str, beyond))} unusable)"
     caption = (
         "solve length: per task, the longest length (in the task's own unit, e.g. copy's delay "
-        f"T) solved by more than {SOLVE_FRACTION:.0%} of its seeds (2/3 or 3/3 at 3 seeds; a "
-        "seed solves when its test score reaches the task's solve threshold, a failed seed does "
-        "not; the hyper-parameter set of the task's table), with k/n seeds; a shorter length "
-        "not solved is named (\"L=8 not\"); for a length-generalisation task, the longest "
-        "training length N whose test-length mean is solved; — where no tested length is; "
-        "(L=n unusable): a longer length whose stored records could not be read, so it may be "
+        f"T) solved: the {LEVEL:.0%} t-interval of the mean test score over seeds lies at or "
+        "above the task's solve threshold (a failed seed has no score; one seed decides "
+        "nothing), with k/n seeds whose own score reaches it; \"undecided\": a longer length "
+        "whose interval straddles the threshold (more seeds would decide it); \"not\": a shorter "
+        "length whose interval lies below it; the hyper-parameter set of the task's table; for a "
+        "length-generalisation task, the longest training length N whose test-length mean is "
+        "solved; — where no tested length is; (L=n unusable): a longer length whose stored "
+        "records could not be read, so it may be "
         "longer; lengths tested: "
         + "; ".join(f"{s.title} {length_axis(s.tdf)[0]}={', '.join(map(str, s.lengths))}"
                     for s in found))
     models = _with_extra(_models(pd.concat([s.tdf for s in found])), unusable_models)
-    return PivotTable("solve length", caption, columns, models, text,
-                      _best(lengths, columns, higher=True),
-                      notes="bold: the longest solve length of each task")
+    return PivotTable("solve length", caption, columns, models, text, set(),
+                      notes="no bold: solve lengths are verdicts per model, not tested against "
+                            "each other (the task tables bold significant differences)")
 
 
 def task_tables(df: pd.DataFrame, gdf: pd.DataFrame | None = None,
