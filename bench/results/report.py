@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import base64
 import html
+from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from seqbench.fileio import atomic, atomic_write
+from seqbench.results.accuracy import Study, pairwise_frame, study_results, task_tables
+from seqbench.results.cellstats import MARGIN
+from seqbench.results.stats import PAIRWISE_COLUMNS
 from seqbench.results.store import (
     Loaded,
     Store,
@@ -19,14 +24,15 @@ from seqbench.results.store import (
     measurement_frame,
     with_plugins,
 )
-from seqbench.results.tables import PivotTable, all_tables
+from seqbench.results.tables import PivotTable, measurement_tables
 
 
-def markdown(tables: list[PivotTable], title: str) -> str:
-    lines = [f"# {title}", ""]
+def markdown(tables: list[PivotTable], title: str, preface: str = "") -> str:
+    """The tables as markdown, each with its caption and notes (what bold means there); preface
+    (the findings) goes after the title."""
+    lines = [f"# {title}", ""] + ([preface, ""] if preface else [])
     for t in tables:
-        marked = ". Best per column in bold." if t.best else "."
-        lines += [f"## {t.title}", "", t.caption + marked, ""]
+        lines += [f"## {t.title}", "", t.caption + (f". {t.notes}." if t.notes else "."), ""]
         lines.append("| model | " + " | ".join(t.columns) + " |")
         lines.append("|---|" + "---:|" * len(t.columns))
         for row in t.rows:
@@ -36,6 +42,38 @@ def markdown(tables: list[PivotTable], title: str) -> str:
                 cells.append(f"**{cell}**" if (row, col) in t.best else cell)
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
         lines.append("")
+    return "\n".join(lines)
+
+
+def _verdict_text(s: Study, length: int) -> str:
+    column = s.column(length)
+    v = s.verdicts.get(column)
+    if v is None or v.best is None:
+        return f"{column}: no scores"
+    shown = f"{v.best} {s.cells[(v.best, length)].text()}"
+    if v.outcome == "winner":
+        return f"{column}: **{shown}**, better than every other model (Holm p {v.p_holm:.2g})"
+    why = {"not significant": f"not significant, Holm p {v.p_holm:.2g}" if v.p_holm is not None
+           else "not significant",
+           "tied": "tied", "at chance": f"within chance + {MARGIN:g}",
+           "untestable": "untestable: needs two models with two or more seeds"}[v.outcome]
+    return f"{column}: no significant difference ({why}; best mean {shown})"
+
+
+def findings(found: list[Study]) -> str:
+    """The headline of each study, from its data: per length the significant winner (stats
+    .verdicts) or why there is none, and how many cells carry each flag."""
+    lines = ["## findings", "",
+             "Per task and length: the model significantly better than every other (as bold in "
+             "the tables), or why none is; the counts of flagged cells (see each table's "
+             "legend). Cells: mean ±95% t half-width, k/n seeds solved."]
+    for s in found:
+        lines += ["", f"### {s.title}", ""]
+        lines += [f"- {_verdict_text(s, n)}" for n in s.lengths]
+        flags = Counter(flag for c in s.cells.values() for flag in c.flags)
+        if flags:
+            lines.append("- flagged cells: " + ", ".join(f"{k} {flag}" for flag, k in
+                                                        flags.items()) + f" of {len(s.cells)}")
     return "\n".join(lines)
 
 
@@ -53,7 +91,8 @@ def rich_tables(tables: list[PivotTable]) -> list[Group]:
                      style="bold green" if (row, col) in t.best else "")
                 for col in t.columns
             ))
-        out.append(Group(Text(t.caption, style="bold"), table))
+        out.append(Group(Text(t.caption + (f". {t.notes}" if t.notes else ""), style="bold"),
+                         table))
     return out
 
 
@@ -120,12 +159,18 @@ def html_report(tables: list[PivotTable], title: str, figures: list[Path],
     return "\n".join(out) + "\n"
 
 
+def _unusable(loaded: Loaded) -> list[tuple[str, str, int]]:
+    return [p.cell[:3] for p in loaded.problems if p.cell is not None]
+
+
 def tables_of(loaded: Loaded) -> list[PivotTable]:
-    """Every table of a store's parsed records."""
+    """Every table of a store's parsed records: cells (with generalisation scores), then
+    measurements."""
     records = loaded.records.values()
-    unusable = [p.cell[:3] for p in loaded.problems if p.cell is not None]
-    return all_tables(cell_frame(records), generalisation_frame(records),
-                      measurement_frame(loaded.measurements.values()), unusable)
+    cells = (task_tables(cell_frame(records), generalisation_frame(records), _unusable(loaded))
+             if records else [])
+    measured = measurement_frame(loaded.measurements.values())
+    return cells + (measurement_tables(measured) if not measured.empty else [])
 
 
 def _write_parquet(frame, path: Path) -> None:
@@ -145,7 +190,8 @@ def title(store: Store, loaded: Loaded) -> str:
 
 def write_summary(store: Store, loaded: Loaded, env: dict | None = None) -> str:
     """Regenerate, from the parsed records only: results.csv, measurements.csv, env.json,
-    summary.md, report.html (the same tables, plus the figures found in plots/), and
+    pairwise.csv (every model pair of every task and length: seqbench.results.stats.pairwise),
+    summary.md (findings, then the tables), report.html (the same tables, plus the figures found in plots/), and
     results.parquet / measurements.parquet where pyarrow is installed.
 
     env defaults to the environment stored in the first record (reports never re-measure); its
@@ -157,7 +203,14 @@ def write_summary(store: Store, loaded: Loaded, env: dict | None = None) -> str:
     env = with_plugins(env, loaded)
     store.write_tables(loaded, env)
     tables, name = tables_of(loaded), title(store, loaded)
-    text = markdown(tables, name) if tables else f"# {name}\n\nNo records.\n"
+    found = study_results(cell_frame(loaded.records.values()), _unusable(loaded)) \
+        if loaded.records else []
+    if found:
+        pairs = pd.concat([pairwise_frame(s) for s in found])
+        atomic_write(store.root / "pairwise.csv", pairs[["task", *PAIRWISE_COLUMNS]].to_csv(
+            index=False))
+    text = (markdown(tables, name, findings(found) if found else "") if tables
+            else f"# {name}\n\nNo records.\n")
     atomic_write(store.root / "summary.md", text)
     figures = sorted((store.root / "plots").glob("*.png"))
     atomic_write(store.root / "report.html", html_report(tables, name, figures, env))

@@ -233,21 +233,36 @@ def _compare_seeds(a: SeedScores, b: SeedScores, level: float = 0.95) -> Compari
     return compare(list(a.values()), list(b.values()), paired_by=(list(a), list(b)), level=level)
 
 
-def winners(cells: Mapping[Hashable, Mapping[Hashable, SeedScores]], *,
-            chance: float | Mapping[Hashable, float], margin: float,
-            alpha: float = 0.05) -> set[tuple[Hashable, Hashable]]:
-    """The (model, column) cells to bold in one table: cells = {column: {model: {seed: score}}}.
+@dataclass(frozen=True)
+class Verdict:
+    """The winner test of one table column: its best model by mean, the intersection-union p and
+    its Holm-adjusted value (None where the test cannot be run), and the outcome, one of OUTCOMES:
+    "winner" (bolded), "not significant" (adjusted p >= alpha), "tied" (top means within TOL),
+    "at chance" (top mean at or below chance + margin), "untestable" (fewer than two models with a
+    score, or a model with fewer than two scores). A barred column (tied, at chance) keeps its p."""
+    best: Hashable | None
+    p: float | None
+    p_holm: float | None
+    outcome: str
+
+
+OUTCOMES = ("winner", "not significant", "tied", "at chance", "untestable")
+
+
+def verdicts(cells: Mapping[Hashable, Mapping[Hashable, SeedScores]], *,
+             chance: float | Mapping[Hashable, float], margin: float,
+             alpha: float = 0.05) -> dict[Hashable, Verdict]:
+    """The winner test of every column of one table: cells = {column: {model: {seed: score}}}.
 
     In each column, the model with the best mean is compared with every other model that has a
     score (`compare`, paired where the seeds pair); the column's p-value is the largest of those
     (intersection-union test: "better than each", which is "better than the runner-up" when the
     runner-up is the closest call). Holm runs across every column where that test can be run,
     tied and at-chance columns included, so the family does not depend on which columns look
-    promising. A column's best is bolded when its adjusted p < alpha, unless the top mean is
-    tied (within TOL) or at or below chance + margin (chance: one value or one per column), so a
-    table where every model is at chance shows no winner. Columns with fewer than two models, or
-    a model with fewer than two scores, cannot be tested and bold nothing."""
-    candidates, pvalues = [], []
+    promising. A column's best wins when its adjusted p < alpha, unless the top mean is tied
+    (within TOL) or at or below chance + margin (chance: one value or one per column), so a table
+    where every model is at chance shows no winner."""
+    found: dict[Hashable, tuple] = {}
     for column, models in cells.items():
         means = {}
         for model, seeds in models.items():
@@ -255,17 +270,33 @@ def winners(cells: Mapping[Hashable, Mapping[Hashable, SeedScores]], *,
             if not np.isnan(x).all():
                 means[model] = float(np.nanmean(x))
         if len(means) < 2:
+            found[column] = (max(means, key=means.__getitem__, default=None), None, None)
             continue
         ranked = sorted(means, key=means.__getitem__, reverse=True)
         ps = [_compare_seeds(models[ranked[0]], models[other]).p for other in ranked[1:]]
         if isinstance(chance, Mapping) and column not in chance:
             raise ConfigError(f"chance: no value for column {column!r}")
         floor = (chance[column] if isinstance(chance, Mapping) else chance) + margin
-        barred = means[ranked[0]] - means[ranked[1]] <= TOL or means[ranked[0]] <= floor
-        candidates.append((ranked[0], column, barred))
-        pvalues.append(None if None in ps else max(ps))
-    return {(model, column) for (model, column, barred), p in zip(candidates, holm(pvalues))
-            if not barred and p is not None and p < alpha}
+        barred = ("tied" if means[ranked[0]] - means[ranked[1]] <= TOL
+                  else "at chance" if means[ranked[0]] <= floor else None)
+        found[column] = (ranked[0], None if None in ps else max(ps), barred)
+    adjusted = dict(zip(found, holm([p for _, p, _ in found.values()])))
+    out = {}
+    for column, (best, p, barred) in found.items():
+        outcome = ("untestable" if p is None else barred if barred is not None
+                   else "winner" if adjusted[column] < alpha else "not significant")
+        out[column] = Verdict(best, p, adjusted[column], outcome)
+    return out
+
+
+def winners(cells: Mapping[Hashable, Mapping[Hashable, SeedScores]], *,
+            chance: float | Mapping[Hashable, float], margin: float,
+            alpha: float = 0.05) -> set[tuple[Hashable, Hashable]]:
+    """The (model, column) cells to bold in one table (see `verdicts`): each column's best model
+    where it is significantly better than every other model there."""
+    return {(v.best, column) for column, v in verdicts(cells, chance=chance, margin=margin,
+                                                       alpha=alpha).items()
+            if v.outcome == "winner"}
 
 
 PAIRWISE_COLUMNS = ["length", "a", "b", "diff", "low", "high", "p", "p_holm", "n_a", "n_b",

@@ -250,7 +250,10 @@ def row(record: CellRecord) -> dict:
     g = cfg.get("generalise")
     if g is not None:
         flat |= {"generalise.train": g["train"], "generalise.samples": g["samples"],
-                 "generalise.lengths": " ".join(map(str, g["lengths"]))}
+                 "generalise.lengths": " ".join(map(str, g["lengths"])),
+                 # the validation counterpart of ood_score (hyper-parameter sets are chosen on it)
+                 "ood_val_score": (sum(record.ood_val_scores) / len(record.ood_val_scores)
+                                   if record.ood_val_scores else None)}
     skip = {"key", "config", "key_payload", "history", "grad_flow", "env", "model_info",
             "schema", "hpset", "variant", "ood_scores", "ood_val_scores", "ood_chance",
             "model_display", "task_display"}

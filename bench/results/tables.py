@@ -3,23 +3,10 @@ everything a table says about a task (chance, solve threshold, score name, the s
 of its length, its order) or a model (its shown name and order) comes from its records
 (seqbench.display).
 
-Accuracy, per task: models as rows, lengths as columns, mean headline score over seeds with its
-standard deviation and the best seed ("0.950 ± 0.030 (max 0.980)"), the best mean per column
-marked. Cells where some seed failed carry the failure counts; cells where every seed failed show
-the status. Where a task's records come from more than one hyper-parameter set (sweep `hpsets`),
-each cell shows the set with the best mean over seeds, named in brackets (a choice made on the
-same held-out set the score is measured on, as a tuned baseline would be reported; a tie goes to
-the first set by name), and a second table lists every set. Then one "solve length" table: per task and model, the longest length whose
-mean score (as shown, so over the best set) reaches the task's solve threshold.
-
-A stored file that could not be trusted (seqbench.results.store.Problem) is not a result, but it is
-not nothing either: its cell (task, family and length from its file name) shows "unusable record"
-(or "+ k unusable" beside the trusted seeds) in the task's first table, and the solve-length table
-names the unusable lengths beyond the solved one, where the solve length is not known.
-
-Length-generalisation tasks (cells with config.generalise): a cell's headline is its mean score over
-the test lengths, so the task's table shows that per training length N, and a second table shows
-each model's score at N (in distribution) and at every test length, for the longest N.
+Accuracy tables (seqbench.results.accuracy, with seqbench.results.cellstats for one cell) build on
+the helpers here: the tables' order, a task's facts, the headline score and the shown
+hyper-parameter set. Length-generalisation tasks (cells with config.generalise): a cell's headline
+is its mean score over the test lengths (`headline`).
 
 Speed and memory, per (device, dtype, batch): training and inference tokens/s and memory with each
 model's ratio to the Transformer in brackets (the LRA convention), best marked; the log-log slope of
@@ -29,12 +16,11 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import Counter
 from dataclasses import dataclass
 
 import pandas as pd
 
-from seqbench.cell.record import FAILED
+from seqbench.results.cellstats import choose_set
 
 REFERENCE = "transformer"  # ratios are to this model, as in LRA
 
@@ -112,20 +98,6 @@ def _best(values: dict[tuple[str, str], float], columns: list[str], higher: bool
     return best
 
 
-def _score_text(group: pd.DataFrame) -> tuple[str, float | None]:
-    """Mean ± std (max) over the seeds that did not fail, and the failure counts."""
-    ok = group[~group["status"].isin(FAILED)]
-    failures = group.loc[group["status"].isin(FAILED), "status"].value_counts()
-    note = ", ".join(f"{n} {status}" for status, n in failures.items())
-    if ok.empty:
-        return note, None
-    mean = ok["score"].mean()
-    if len(ok) > 1:
-        extra = [f"max {ok['score'].max():.3f}"] + ([note] if note else [])
-        return f"{mean:.3f} ± {ok['score'].std():.3f} ({'; '.join(extra)})", mean
-    return f"{mean:.3f}" + (f" ({note})" if note else ""), mean
-
-
 def set_label(name: str) -> str:
     """A hyper-parameter set's name as shown in tables ("" is the sweep's base settings)."""
     return name or "base"
@@ -162,154 +134,18 @@ def headline(df: pd.DataFrame) -> pd.DataFrame:
     lg = is_generalisation(df)
     if not lg.any():
         return df
-    return df.assign(id_score=df["score"].where(lg), score=df["score"].mask(lg, df["ood_score"]))
+    val = df["ood_val_score"] if "ood_val_score" in df else None
+    return df.assign(id_score=df["score"].where(lg), score=df["score"].mask(lg, df["ood_score"]),
+                     val_score=df["val_score"].mask(lg, val))
 
 
 def best_sets(df: pd.DataFrame) -> pd.DataFrame:
     """Per (task, model, length), the rows of the hyper-parameter set the tables show: the best
-    mean score over seeds that did not fail, ties to the first set by name; where no set has a
-    score, every row (their failures stay visible)."""
+    mean validation score over seeds that did not fail (seqbench.results.cellstats.choose_set)."""
     df = _with_sets(df)
-    keep = []
-    for _, group in df.groupby(["task", "model", "length"], sort=False):
-        best = None
-        for name, sgroup in group.groupby("hpset", sort=True):
-            ok = sgroup[~sgroup["status"].isin(FAILED) & sgroup["score"].notna()]
-            if not ok.empty and (best is None or ok["score"].mean() > best[1]):
-                best = (name, ok["score"].mean())
-        keep.append(group if best is None else group[group["hpset"] == best[0]])
+    keep = [group[group["hpset"] == choose_set(group)]
+            for _, group in df.groupby(["task", "model", "length"], sort=False)]
     return pd.concat(keep) if keep else df
-
-
-def task_tables(df: pd.DataFrame, gdf: pd.DataFrame | None = None,
-                unusable=()) -> list[PivotTable]:
-    """Per task its accuracy table (and, with several hyper-parameter sets, a table per set;
-    for a length-generalisation task, its per-test-length table from gdf, the rows of
-    Store.generalisation_frame()); then the solve-length table over every task. unusable: the
-    (task, family, length) of each stored file that could not be trusted."""
-    df = headline(_with_sets(df))
-    tables = []
-    solved: dict[tuple[str, str], int | None] = {}
-    tested: dict[str, tuple[str, list[int]]] = {}
-    bad = Counter(unusable)
-    unsure: dict[tuple[str, str], list[int]] = {}  # (model, study) -> unusable lengths
-    for title, tdf in studies(df):
-        task_name = tdf["task"].iloc[0]
-        score_name, threshold, chance = task_facts(tdf)
-        extra = {(m, n): k for (t, m, n), k in bad.items() if t == task_name}
-        bad = Counter({c: k for c, k in bad.items() if c[0] != task_name})  # shown once
-        lengths = sorted(set(tdf["length"].unique().tolist()) | {n for _, n in extra})
-        symbol, meaning = length_axis(tdf)
-        tested[title] = (symbol, lengths)
-        lg = bool(is_generalisation(tdf).any())
-        axis = "N" if lg else symbol
-        columns = [f"{axis}={n}" for n in lengths]
-        sets = sorted(tdf["hpset"].unique().tolist())
-        text, means, set_text, set_means = {}, {}, {}, {}
-        for (model, length), group in tdf.groupby(["model", "length"]):
-            cell = (model, f"{axis}={length}")
-            best = None
-            for name, sgroup in group.groupby("hpset", sort=True):
-                cell_text, mean = _score_text(sgroup)
-                row = (f"{model} [{set_label(name)}]", cell[1])
-                set_text[row] = cell_text
-                if mean is not None:
-                    set_means[row] = mean
-                    if best is None or mean > best[1]:
-                        suffix = f" [{set_label(name)}]" if len(sets) > 1 else ""
-                        best = (cell_text + suffix, mean)
-            text[cell], mean = best if best is not None else _score_text(group)
-            solved.setdefault((model, title), None)
-            if mean is not None:
-                means[cell] = mean
-                if mean >= threshold:
-                    solved[(model, title)] = max(solved[(model, title)] or 0, length)
-        for (model, length), k in sorted(extra.items()):
-            cell = (model, f"{axis}={length}")
-            note = f"{k} unusable record" + ("s" if k > 1 else "")
-            text[cell] = f"{text[cell]} + {note}" if cell in text else note
-            solved.setdefault((model, title), None)
-            unsure.setdefault((model, title), []).append(length)
-        models = _with_extra(_models(tdf), (m for m, _ in extra))
-        seeds = f"mean ± std (max) over {tdf['seed'].nunique()} seed(s)"
-        if len(sets) > 1:
-            seeds += (f", best of {len(sets)} hyper-parameter sets per cell by mean (set in "
-                      "brackets; chosen on the held-out set)")
-        what = score_name
-        if lg:
-            protocol = tdf["generalise.train"].iloc[0]
-            trained = "lengths up to N" if protocol == "range" else "length N"
-            what = (f"length generalisation, mean {score_name} over the test lengths "
-                    f"{tdf['generalise.lengths'].iloc[0].replace(' ', ', ')} after training on "
-                    f"{trained}")
-        caption = (f"{task_name}: {what}, {seeds}; {chance_text(chance, lengths)}, solved at >= "
-                   f"{threshold:g}; {symbol}: {meaning}" + (f", N: the longest training {symbol}"
-                                                            if lg else ""))
-        tables.append(PivotTable(title, caption, columns, models, text,
-                                 _best(means, columns, higher=True)))
-        if lg and gdf is not None and not gdf.empty:
-            tables.append(_generalisation_table(title, tdf, gdf))
-        if len(sets) > 1:
-            rows = [f"{m} [{set_label(name)}]" for m in _models(tdf) for name in sets
-                    if any(r[0] == f"{m} [{set_label(name)}]" for r in set_text)]
-            caption = (f"{title} by hyper-parameter set: {score_name}, mean ± std (max) "
-                       f"over {tdf['seed'].nunique()} seed(s)")
-            tables.append(PivotTable(f"{title} by hyper-parameter set", caption, columns, rows,
-                                     set_text, _best(set_means, columns, higher=True)))
-    if tested:
-        models = _with_extra(_models(df), (m for m, _ in unsure))
-        tables.append(_solve_table(solved, tested, models, unsure))
-    return tables
-
-
-def _generalisation_table(title: str, tdf: pd.DataFrame, gdf: pd.DataFrame) -> PivotTable:
-    """Scores at the longest training length N (in distribution) and at each test length, mean ±
-    std (max) over seeds, for the hyper-parameter set the task's table shows."""
-    n = int(tdf["length"].max())
-    rows = best_sets(tdf[tdf["length"] == n])
-    tests = gdf[gdf["key"].isin(rows["key"])]
-    lengths = sorted(tests["length"].unique().tolist())
-    symbol, meaning = length_axis(tdf)
-    columns = [f"N={n} (train)"] + [f"{symbol}={m}" for m in lengths]
-    text, means = {}, {}
-    for model, group in rows.groupby("model"):
-        cell_text, mean = _score_text(group.assign(score=group["id_score"]))
-        text[(model, columns[0])] = cell_text
-        if mean is not None:
-            means[(model, columns[0])] = mean
-        for m, lgroup in tests[tests["model"] == model].groupby("length"):
-            text[(model, f"{symbol}={m}")], mean = _score_text(lgroup)
-            if mean is not None:
-                means[(model, f"{symbol}={m}")] = mean
-    caption = (f"{title} by test length: {task_facts(tdf)[0]} at the longest "
-               f"training length and at each longer test length, mean ± std (max) over "
-               f"{rows['seed'].nunique()} seed(s); {symbol}: {meaning}")
-    return PivotTable(f"{title} by test length", caption, columns, _models(rows),
-                      text, _best(means, columns, higher=True))
-
-
-def _solve_table(solved: dict[tuple[str, str], int | None],
-                 tested: dict[str, tuple[str, list[int]]], models: list[str],
-                 unsure: dict[tuple[str, str], list[int]]) -> PivotTable:
-    columns = list(tested)  # in the tasks' order
-    text = {cell: "—" if n is None else str(n) for cell, n in solved.items()}
-    for cell, lengths in unsure.items():
-        beyond = [n for n in lengths if n > (solved[cell] or 0)]
-        if beyond:
-            symbol = tested[cell[1]][0]
-            text[cell] += f" ({symbol}={', '.join(map(str, beyond))} unusable)"
-    lengths = {cell: n for cell, n in solved.items() if n is not None}
-    caption = (
-        "solve length: per task, the longest length (in the task's own unit, e.g. copy's delay "
-        "T) whose mean score over seeds (as in the task's table: seeds that did not fail, the "
-        "best hyper-parameter set) reaches the task's solve threshold (for a "
-        "length-generalisation task, the longest training length N whose mean over the test "
-        "lengths does); — where no tested length does; (L=n unusable): a longer length whose "
-        "stored records could not be read, so it may be longer; lengths tested: "
-        + "; ".join(f"{t} {tested[t][0]}={', '.join(map(str, tested[t][1]))}" for t in columns)
-    )
-    return PivotTable("solve length", caption, columns, models, text,
-                      _best(lengths, columns, higher=True))
 
 
 def _si(value: float, unit: str = "") -> str:
@@ -431,13 +267,3 @@ def measurement_tables(df: pd.DataFrame) -> list[PivotTable]:
         if streaming is not None:
             tables.append(streaming)
     return tables
-
-
-def all_tables(df: pd.DataFrame, gdf: pd.DataFrame, mdf: pd.DataFrame,
-               unusable=()) -> list[PivotTable]:
-    """Every table of a store's frames: cells (with generalisation scores; unusable as in
-    task_tables), then measurements."""
-    return (task_tables(df, gdf, unusable) if not df.empty else []) + (
-        measurement_tables(mdf) if not mdf.empty else [])
-
-
