@@ -51,14 +51,15 @@ def history_frame(records: list[CellRecord]) -> pd.DataFrame:
 
 
 def seed_mean(curves: pd.DataFrame) -> pd.Series:
-    """Mean validation score over seeds at each step of one model's evaluations. A seed that
-    stopped early because it solved the task keeps its last score up to the model's last step; a
-    seed that diverged or failed counts only up to its last evaluation."""
+    """Mean validation score over seeds at each step any seed of one model was evaluated at. Each
+    seed holds its last score between its evaluations; a seed that stopped early because it solved
+    the task holds it to the model's last step too; one that diverged or failed counts only up
+    to its last evaluation."""
     wide = curves.pivot_table(index="step", columns="seed", values="val_score", aggfunc="mean")
     solved = set(curves.loc[curves["status"] == "solved", "seed"])
     for seed in wide.columns:
-        if seed in solved:
-            wide[seed] = wide[seed].ffill()
+        last = wide[seed].last_valid_index()
+        wide[seed] = wide[seed].ffill().where((wide.index <= last) | (seed in solved))
     return wide.mean(axis=1)
 
 
@@ -72,13 +73,12 @@ def training_figure(task_name: str, history: pd.DataFrame, score_name: str, thre
     ax = fig.add_subplot()
     for model in models:
         mean = seed_mean(at[at["model"] == model])
-        ax.plot(mean.index, mean.to_numpy(), color=styles[model][0], marker=styles[model][1],
-                markersize=4, linewidth=1.6, transform=ax.transData + dodge(ax, models, model))
+        (line,) = ax.plot(mean.index, mean.to_numpy(), color=styles[model][0],
+                          marker=styles[model][1], markersize=4, linewidth=1.6)
+        line.set_transform(ax.transData + dodge(ax, models, model))  # after: the limits use x
     shortcut = at["shortcut_val"].dropna()
     handles = references(ax, {length: chance[length]} if length in chance else chance, threshold,
                          {length: float(shortcut.mean())} if len(shortcut) else {})
-    if spans_decades(at["step"].tolist()):
-        ax.set_xscale("log")
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("training step")
     ax.set_ylabel(f"validation {score_name}")
@@ -94,8 +94,9 @@ def training_caption(task_name: str, history: pd.DataFrame, score_name: str) -> 
     at = history[history["length"] == length]
     return (f"{task_name}: validation {score_name} at each evaluation during training, at the "
             f"longest {length_axis(at)[0]}={length}; one line per model, the mean over "
-            f"{at['seed'].nunique()} seed(s) (a seed that stopped early because it solved the "
-            f"task keeps its last score; a diverged one counts up to its last evaluation). Grey "
+            f"{at['seed'].nunique()} seed(s), each holding its last score between its "
+            f"evaluations (and to the end if it stopped early because it solved the task; "
+            f"a diverged one counts up to its last evaluation). Grey "
             f"dashed: chance; dotted: the solve threshold; dash-dot-dot: the shortcut (n-gram) "
             f"learner's validation score at this length.")
 
