@@ -80,6 +80,8 @@ def set_length_axis(ax, lengths: list[int], log: bool, label: str) -> None:
     if len(lengths) == 1:
         n = lengths[0]
         ax.set_xlim(n / 2, n * 2) if log else ax.set_xlim(n - 1, n + 1)
+    else:
+        ax.margins(x=0.15)  # room for the dodged models at the first and last length
     ax.set_xlabel(label)
 
 
