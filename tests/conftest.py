@@ -5,9 +5,12 @@ two contended cores are many times slower for these tiny models, and results do 
 """
 from __future__ import annotations
 
+import math
+import statistics
 from typing import Any
 
 import pytest
+import scipy.stats
 import torch
 
 from seqbench.cell.config import CellConfig, display_of
@@ -44,6 +47,14 @@ def record_for(cfg: CellConfig, status: str = "budget", **fields: Any) -> CellRe
         "steps": cfg.train.steps, "score_name": t.score_name, "chance": t.chance(cfg.length),
         "solve_threshold": t.solve_threshold, "solved": status == "solved",
         "env": {"device": cfg.device}, **display_of(cfg.model, cfg.task)} | fields)
+
+
+def shown(values: list[float], k: int) -> str:
+    """The accuracy-table text of seeds with these scores, k of them solved: mean ±half-width of
+    the 95% Student t interval (scipy's quantile), then k/n."""
+    n, mean = len(values), sum(values) / len(values)
+    half = scipy.stats.t.ppf(0.975, n - 1) * statistics.stdev(values) / math.sqrt(n)
+    return f"{mean:.3f} ±{half:.3f} {k}/{n}"
 
 
 def fake_record(task: str, model: str, length: int, score: float | None, *, seed: int = 0,

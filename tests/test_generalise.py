@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import fake_record, make_cell, spy_on_run_cell
+from conftest import fake_record, make_cell, shown, spy_on_run_cell
 
 import seqbench.cell.train
 import seqbench.results.plots
@@ -26,10 +26,11 @@ from seqbench.cell.record import CellRecord
 from seqbench.cell.step import TrainStep
 from seqbench.cell.train import held_out, run_cell
 from seqbench.models import FAMILIES
+from seqbench.results.accuracy import task_tables
 from seqbench.results.plots import generalisation_curve, plot_folder
 from seqbench.results.report import markdown
 from seqbench.results.store import Store, cell_frame, generalisation_frame, row
-from seqbench.results.tables import best_sets, headline, is_generalisation, task_tables
+from seqbench.results.tables import best_sets, headline, is_generalisation
 from seqbench.strict import ConfigError, added, key_payload
 from seqbench.sweeps.driver import SweepPlan, run_sweep
 from seqbench.sweeps.spec import load_spec
@@ -410,6 +411,7 @@ def lg_record(model: str, seed: int, id_score: float | None, ood: list[float] | 
     record.ood_chance = [0.5] * len(lengths)
     record.ood_scores = list(ood or [])
     record.ood_score = sum(ood) / len(ood) if ood else None
+    record.val_score, record.ood_val_scores = id_score, list(ood or [])  # validation as test
     if status == "solved":
         record.solved = True
     return record
@@ -485,9 +487,9 @@ def test_headline_is_the_test_mean_for_generalisation_cells_only():
     assert headline(plain) is plain
 
 
-def test_best_sets_by_mean_ties_to_first_name_failures_kept():
-    records = [
-        # rnn: "slow" wins on the test mean although "fast" wins in distribution
+def test_best_sets_by_validation_ties_to_first_name_failures_kept():
+    records = [  # validation scores equal the test scores here (lg_record)
+        # rnn: "slow" wins on the test-length mean although "fast" wins in distribution
         lg_record("rnn", 0, 1.0, [0.5, 0.5], hpset="fast", lr=1e-2),
         lg_record("rnn", 1, 1.0, [0.6, 0.6], hpset="fast", lr=1e-2),
         lg_record("rnn", 0, 0.7, [0.9, 0.8], hpset="slow", lr=1e-3),
@@ -513,14 +515,15 @@ def test_best_sets_by_mean_ties_to_first_name_failures_kept():
         [row for r in records for row in ood_rows(r)]))}
     text = tables[LG].text
     assert text[("rnn", "N=4")].endswith("[slow]") and text[("gru", "N=4")].endswith("[fast]")
-    assert text[("lstm", "N=4")] == "0.400 (1 diverged) [fast]"
+    assert text[("lstm", "N=4")] == "0.400 0/2 (1 diverged) [fast]"
     assert sorted(text[("tcn", "N=4")].split(", ")) == ["1 error", "1 oom"]
     # and the by-test-length table shows the chosen set's seeds only
     by_length = tables[f"{LG} by test length"]
     assert by_length.columns == ["N=4 (train)", "L=6", "L=8"]
     assert [by_length.text[("rnn", c)] for c in by_length.columns] == [
-        "0.700 ± 0.000 (max 0.700)", "0.800 ± 0.141 (max 0.900)", "0.700 ± 0.141 (max 0.800)"]
-    assert [by_length.text[("gru", c)] for c in by_length.columns] == ["0.500", "0.750", "0.250"]
+        shown([0.7, 0.7], 0), shown([0.9, 0.7], 0), shown([0.8, 0.6], 0)]
+    assert [by_length.text[("gru", c)] for c in by_length.columns] == [
+        "0.500 0/1", "0.750 0/1", "0.250 0/1"]
 
 
 def test_best_sets_without_sets_keeps_every_row():
@@ -531,7 +534,7 @@ def test_best_sets_without_sets_keeps_every_row():
 
 def parse_table(summary: str, title: str) -> tuple[str, list[str], dict[str, list[str]]]:
     """Caption, column headers and model -> cell texts (bold removed) of a markdown table."""
-    section = summary.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+    section = summary.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
     caption = section.strip().splitlines()[0]
     rows = [line.strip("|").split(" | ") for line in section.splitlines() if line.startswith("| ")]
     header, *body = ([c.strip().replace("**", "") for c in row] for row in rows)
@@ -549,17 +552,15 @@ def test_tables_of_a_generalisation_task_from_made_up_records():
     assert header == ["N=2", "N=4"]
     assert "length generalisation, mean accuracy over the test lengths 6, 8 after training on " \
            "lengths up to N" in caption
-    assert rows["rnn"] == ["0.500", "0.625 ± 0.354 (max 0.875)"]
-    assert rows["gru"] == ["1.000", "0.995 ± 0.007 (max 1.000)"]
+    assert rows["rnn"] == ["0.500 0/1", shown([0.375, 0.875], 0)]
+    assert rows["gru"] == ["1.000 1/1", shown([1.0, 0.99], 2)]
     caption, header, rows = parse_table(summary, f"{LG} by test length")
     assert header == ["N=4 (train)", "L=6", "L=8"]
-    assert rows["rnn"] == ["0.750 ± 0.354 (max 1.000)", "0.750 ± 0.354 (max 1.000)",
-                           "0.500 ± 0.354 (max 0.750)"]
-    assert rows["gru"] == ["1.000 ± 0.000 (max 1.000)", "1.000 ± 0.000 (max 1.000)",
-                           "0.990 ± 0.014 (max 1.000)"]
-    # the solve-length table counts N whose test mean reaches the threshold
+    assert rows["rnn"] == [shown([1.0, 0.5], 1), shown([0.5, 1.0], 1), shown([0.25, 0.75], 0)]
+    assert rows["gru"] == [shown([1.0, 1.0], 2), shown([1.0, 1.0], 2), shown([1.0, 0.98], 1)]
+    # the solve-length table counts N whose test mean is solved by most seeds
     _, _, rows = parse_table(summary, "solve length")
-    assert rows == {"rnn": ["—"], "gru": ["4"]}
+    assert rows == {"rnn": ["—"], "gru": ["4 (2/2)"]}
 
 
 # Sweeps ----------------------------------------------------------------------------------------------
@@ -600,7 +601,7 @@ def test_variants_label_cells_records_and_tables(tmp_path, monkeypatch):
     assert sorted(zip(table["model"], table["family"])) == [
         ("tf-rope", "transformer"), ("transformer", "transformer")]
     _, header, rows = parse_table((store.root / "summary.md").read_text(), "parity")
-    assert header == ["L=2"] and list(rows) == ["transformer", "tf-rope"]
+    assert header == ["L=2"] and list(rows) == ["transformer", "tf-rope", "shortcut (n-gram)"]
 
     # rerunning runs nothing; renaming the variant relabels the stored records without running
     calls = spy_on_run_cell(monkeypatch)
@@ -723,7 +724,7 @@ def test_generalise_table_of_a_sweep(tmp_path):
     assert header == ["N=4 (train)", "L=6", "L=8"] and list(rows) == ["rnn", "gru"]
     for model in ("rnn", "gru"):
         at8 = [r.ood_scores[1] for r in records if r.family == model]
-        assert rows[model][2].startswith(f"{sum(at8) / 2:.3f} ± ")
+        assert rows[model][2].startswith(f"{sum(at8) / 2:.3f} ±")
     # a sweep without the table keeps the fixed-length cells and their keys
     plain = load_spec(LG_SWEEP.split("[generalise")[0], "test").cells()
     assert all(c.generalise is None for c in plain)

@@ -16,7 +16,8 @@ TORCH_FREE = [
     "seqbench.cli", "seqbench.strict", "seqbench.options", "seqbench.fileio", "seqbench.env",
     "seqbench.registry", "seqbench.display",
     "seqbench.cell.record", "seqbench.measure.record", "seqbench.results.store",
-    "seqbench.results.tables", "seqbench.results.report", "seqbench.results.plots",
+    "seqbench.results.tables", "seqbench.results.accuracy", "seqbench.results.cellstats",
+    "seqbench.results.stats", "seqbench.results.report", "seqbench.results.plots",
     "seqbench.results.cli", "seqbench.gate.accuracy", "seqbench.gate.baseline",
     "seqbench.gate.stats", "seqbench.gate.perf", "seqbench.gate.cli",
 ]

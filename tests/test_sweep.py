@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import fake_record, make_cell, spy_on_run_cell
+from conftest import fake_record, make_cell, shown, spy_on_run_cell
 
 import seqbench.results.store
 import seqbench.sweeps.driver
@@ -243,13 +243,13 @@ def test_store_round_trips_and_distrusts_renamed_records(tmp_path):
 
 def parse_table(summary: str, task: str) -> tuple[list[str], dict[str, list[str]]]:
     """Column headers and model -> cell texts of a task's markdown table."""
-    section = summary.split(f"## {task}\n", 1)[1].split("\n## ", 1)[0]
+    section = summary.split(f"\n## {task}\n", 1)[1].split("\n## ", 1)[0]
     rows = [line.strip("|").split(" | ") for line in section.splitlines() if line.startswith("| ")]
     header, *body = ([c.strip() for c in row] for row in rows)
     return header[1:], {row[0]: row[1:] for row in body}
 
 
-def test_report_marks_the_best_model_per_length_in_bold(tmp_path, capsys):
+def test_report_bolds_nothing_without_evidence(tmp_path, capsys):
     store = Store(tmp_path / "made-up")
     for record in [
         fake_record("parity", "rnn", 2, 0.9),
@@ -266,11 +266,14 @@ def test_report_marks_the_best_model_per_length_in_bold(tmp_path, capsys):
     summary = (store.root / "summary.md").read_text()
     header, rows = parse_table(summary, "parity")
     assert header == ["L=2", "L=4"]
-    assert list(rows) == ["rnn", "lstm", "gru"]
-    assert rows["rnn"] == ["0.900", "**0.625 ± 0.177 (max 0.750)**"]
-    assert rows["lstm"] == ["**0.950**", "**0.625**"]
-    assert rows["gru"] == ["1 error", "0.250 (1 diverged)"]
-    assert parse_table(summary, "adding") == (["L=8"], {"tcn": ["**0.500**"]})
+    assert list(rows) == ["rnn", "lstm", "gru"]  # no shortcut row: no record has its score
+    # a single seed cannot be tested: nothing is shown as a winner, and the caption says why
+    assert rows["rnn"] == ["0.900 0/1", shown([0.5, 0.75], 0)]
+    assert rows["lstm"] == ["0.950 0/1", "0.625 0/1"]
+    assert rows["gru"] == ["1 error", "0.250 0/2 (1 diverged)"]  # the failed seed counts in n
+    assert parse_table(summary, "adding") == (["L=8"], {"tcn": ["0.500 0/1"]})
+    section = summary.split("\n## parity\n")[1].split("\n## ")[0]
+    assert "**" not in section and "L=2 untestable, L=4 untestable" in section
     assert "made-up" in summary.splitlines()[0]
     assert "parity" in capsys.readouterr().out
 
@@ -335,7 +338,7 @@ def labelled(record: CellRecord, hpset: str) -> CellRecord:
     return record
 
 
-def test_max_over_seeds_and_solve_length_tables_are_exact(tmp_path):
+def test_interval_and_solve_length_tables_are_exact(tmp_path):
     store = Store(tmp_path / "exact")
     for record in [
         fake_record("parity", "rnn", 2, 1.0), fake_record("parity", "rnn", 2, 1.0, seed=1),
@@ -355,39 +358,40 @@ def test_max_over_seeds_and_solve_length_tables_are_exact(tmp_path):
     header, rows = parse_table(summary, "parity")
     assert header == ["L=2", "L=4"]
     assert rows == {
-        "rnn": ["**1.000 ± 0.000 (max 1.000)**", "0.625 ± 0.177 (max 0.750)"],
-        "lstm": ["**1.000**", "**1.000 (1 error)**"],
-        "gru": ["0.500 ± 0.354 (max 0.750)", "0.500 (1 diverged)"],
-        "tcn": ["0.500", "**1.000**"],
+        "rnn": ["1.000 ±0.000 2/2", shown([0.5, 0.75], 0)],
+        "lstm": ["1.000 1/1", "1.000 1/2 (1 error)"],
+        "gru": [shown([0.25, 0.75], 0), "0.500 0/2 (1 diverged)"],
+        "tcn": ["0.500 0/1", "1.000 1/1"],
     }
-    assert "mean ± std (max) over 2 seed(s)" in summary
-    # the longest length whose mean reaches the threshold, even past an unsolved shorter one
+    assert "n=1-2 seeds" in summary and "seed(s)" not in summary
+    # the longest length solved by more than half of its seeds, even past an unsolved shorter
+    # one (named); lstm's L=4 is solved by 1 of 2 seeds only (the failed one counts)
     header, rows = parse_table(summary, "solve length")
     assert header == ["adding", "parity"]
-    assert rows == {"rnn": ["**8**", "2"], "lstm": ["—", "**4**"], "gru": ["", "—"],
-                    "tcn": ["", "**4**"]}
+    assert rows == {"rnn": ["**8 (1/1)**", "2 (2/2)"], "lstm": ["—", "2 (1/1)"],
+                    "gru": ["", "—"], "tcn": ["", "**4 (1/1; L=2 not)**"]}
     assert "lengths tested: adding L=8; parity L=2, 4" in summary
 
 
-def test_reports_show_the_best_hyper_parameter_set_and_every_set(tmp_path):
+def test_reports_show_the_set_best_on_validation_and_every_set(tmp_path):
     store = Store(tmp_path / "sets")
-    for record in [
-        labelled(fake_record("parity", "rnn", 2, 0.5), "slow"),
-        labelled(fake_record("parity", "rnn", 2, 0.7, seed=1), "slow"),
-        labelled(fake_record("parity", "rnn", 2, 0.9), "fast"),
-        labelled(fake_record("parity", "rnn", 2, 1.0, seed=1), "fast"),
-        labelled(fake_record("parity", "lstm", 2, 0.6), "slow"),
-        labelled(fake_record("parity", "lstm", 2, None, status="oom"), "fast"),
+    for record, val in [  # "fast" is better on the test set, "slow" on validation
+        (labelled(fake_record("parity", "rnn", 2, 0.5), "slow"), 0.9),
+        (labelled(fake_record("parity", "rnn", 2, 0.7, seed=1), "slow"), 0.9),
+        (labelled(fake_record("parity", "rnn", 2, 0.9), "fast"), 0.6),
+        (labelled(fake_record("parity", "rnn", 2, 1.0, seed=1), "fast"), 0.6),
+        (labelled(fake_record("parity", "lstm", 2, 0.6), "slow"), 0.6),
+        (labelled(fake_record("parity", "lstm", 2, None, status="oom"), "fast"), None),
     ]:
+        record.val_score = val
         store.save(record)
     summary = write_summary(store, store.read())
     _, rows = parse_table(summary, "parity")
-    assert rows == {"rnn": ["**0.950 ± 0.071 (max 1.000) [fast]**"], "lstm": ["0.600 [slow]"]}
-    assert "best of 2 hyper-parameter sets per cell" in summary
+    assert rows == {"rnn": [shown([0.5, 0.7], 0) + " [slow]"], "lstm": ["0.600 0/1 [slow]"]}
+    assert "best mean validation score" in summary
     _, rows = parse_table(summary, "parity by hyper-parameter set")
-    assert rows == {"rnn [fast]": ["**0.950 ± 0.071 (max 1.000)**"],
-                    "rnn [slow]": ["0.600 ± 0.141 (max 0.700)"],
-                    "lstm [fast]": ["1 oom"], "lstm [slow]": ["0.600"]}
+    assert rows == {"rnn [fast]": [shown([0.9, 1.0], 1)], "rnn [slow]": [shown([0.5, 0.7], 0)],
+                    "lstm [fast]": ["1 oom"], "lstm [slow]": ["0.600 0/1"]}
     assert parse_table(summary, "solve length")[1] == {"rnn": ["—"], "lstm": ["—"]}
     assert set(pd.read_csv(store.root / "results.csv")["hpset"]) == {"slow", "fast"}
 

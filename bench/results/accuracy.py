@@ -115,9 +115,11 @@ def study_results(df: pd.DataFrame, unusable=()) -> list[Study]:
             for name, sgroup in group.groupby("hpset", sort=True):
                 s.set_cells[(model, name, length)] = cellstats.cell(sgroup, threshold, short)
             chosen = cellstats.choose_set(group)
-            s.cells[(model, length)] = c = s.set_cells[(model, chosen, length)]
-            if several:
-                s.cells[(model, length)] = replace(c, hpset=chosen)
+            if chosen is None:  # every seed failed: show every set's failures
+                s.cells[(model, length)] = cellstats.cell(group, threshold, short)
+            else:
+                c = s.set_cells[(model, chosen, length)]
+                s.cells[(model, length)] = replace(c, hpset=chosen) if several else c
         s.verdicts = _verdicts({(m, s.column(n)): c for (m, n), c in s.cells.items()},
                                {s.column(n): v for n, v in chance.items()})
         out.append(s)

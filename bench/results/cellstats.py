@@ -103,15 +103,17 @@ def _mean(values: pd.Series) -> float:
     return values.mean() if len(values) else -math.inf
 
 
-def choose_set(group: pd.DataFrame) -> str:
-    """The hyper-parameter set a (model, length) shows: the best mean validation score over its
-    seeds that did not fail (`val_score`: for a length-generalisation cell, over the test
-    lengths); ties, and sets without a validation score, to the first set by name."""
-    ok = group[~group["status"].isin(FAILED)]
-    names = sorted(group["hpset"].unique())
-    if "val_score" not in ok:
-        return names[0]
-    means = {name: _mean(ok.loc[ok["hpset"] == name, "val_score"]) for name in names}
+def choose_set(group: pd.DataFrame) -> str | None:
+    """The hyper-parameter set a (model, length) shows: of the sets with a seed that did not fail,
+    the best mean validation score over those seeds (`val_score`: for a length-generalisation
+    cell, over the test lengths); ties, and sets without a validation score, to the first set by
+    name. None where every seed of every set failed (the cell then shows all their failures)."""
+    ok = group[~group["status"].isin(FAILED) & group["score"].notna()]
+    names = sorted(ok["hpset"].unique())
+    if not names:
+        return None
+    val = ok["val_score"] if "val_score" in ok else pd.Series(float("nan"), index=ok.index)
+    means = {name: _mean(val[ok["hpset"] == name]) for name in names}
     return max(names, key=lambda name: (means[name], -names.index(name)))
 
 

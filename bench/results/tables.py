@@ -141,10 +141,13 @@ def headline(df: pd.DataFrame) -> pd.DataFrame:
 
 def best_sets(df: pd.DataFrame) -> pd.DataFrame:
     """Per (task, model, length), the rows of the hyper-parameter set the tables show: the best
-    mean validation score over seeds that did not fail (seqbench.results.cellstats.choose_set)."""
+    mean validation score over seeds that did not fail (seqbench.results.cellstats.choose_set);
+    where every seed failed, every row (their failures stay visible)."""
     df = _with_sets(df)
-    keep = [group[group["hpset"] == choose_set(group)]
-            for _, group in df.groupby(["task", "model", "length"], sort=False)]
+    keep = []
+    for _, group in df.groupby(["task", "model", "length"], sort=False):
+        chosen = choose_set(group)
+        keep.append(group if chosen is None else group[group["hpset"] == chosen])
     return pd.concat(keep) if keep else df
 
 
