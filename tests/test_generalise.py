@@ -801,6 +801,16 @@ def test_generalisation_curve_of_the_best_set(tmp_path):
     assert got == expected
 
 
+def test_generalisation_curve_carries_the_shortcut_score_at_each_length():
+    records = [lg_record("rnn", seed, 1.0, [0.5, 0.25]) for seed in (0, 1)]
+    for record, base in zip(records, (0.6, 0.8)):
+        record.shortcut = {"score": base, "ood_scores": [base - 0.1, base - 0.2]}
+    df = headline(cell_frame(records))
+    curve = generalisation_curve(df, generalisation_frame(records))
+    assert curve.groupby("length")["shortcut_score"].mean().to_dict() == pytest.approx(
+        {4: 0.7, 6: 0.6, 8: 0.5})
+
+
 def test_plot_folder_shows_the_best_set_with_the_training_boundary(tmp_path, monkeypatch):
     store, records = write_lg_store(tmp_path / "lg")
     seen = {}
@@ -817,7 +827,7 @@ def test_plot_folder_shows_the_best_set_with_the_training_boundary(tmp_path, mon
 
     monkeypatch.setattr(seqbench.results.plots, "accuracy_figure", accuracy_figure)
     monkeypatch.setattr(seqbench.results.plots, "heatmap_figure", heatmap_figure)
-    written = plot_folder(store.root)
+    written = plot_folder(store.root, svg=True)
     assert sorted(p.name for p in written) == sorted(
         f"{kind}_parity_generalisation.{ext}" for kind in ("accuracy", "heatmap") for ext in ("png", "svg"))
     task_name, tdf, boundary, fig = seen["accuracy"]
@@ -834,8 +844,9 @@ def test_plot_folder_shows_the_best_set_with_the_training_boundary(tmp_path, mon
     assert seen["heatmap"].equals(tdf)
     # the drawn lines: one per model through those means, and the boundary at N
     ax = fig.axes[0]
-    drawn = sorted(tuple(round(float(y), 6) for y in line.get_ydata()) for line in ax.lines
-                   if list(line.get_xdata()) == [4, 6, 8])
+    lines = [c.lines[0] for c in ax.containers]  # each model's line with its error bars
+    assert all(list(line.get_xdata()) == [4, 6, 8] for line in lines)
+    drawn = sorted(tuple(round(float(y), 6) for y in line.get_ydata()) for line in lines)
     expected = sorted(tuple(round(means[(m, n)], 6) for n in (4, 6, 8)) for m in ("rnn", "lstm"))
     assert drawn == expected
     assert any(list(line.get_xdata()) == [4, 4] and line.get_color() == "firebrick"
@@ -847,7 +858,7 @@ def test_plot_folder_shows_the_best_set_with_the_training_boundary(tmp_path, mon
 def test_plot_folder_with_a_failed_generalisation_cell(tmp_path):
     store, _ = write_lg_store(tmp_path / "lg")
     store.save(lg_record("gru", 0, None, None, status="oom", hpset="good", lr=1e-3))
-    written = {p.name for p in plot_folder(store.root)}
+    written = {p.name for p in plot_folder(store.root, svg=True)}
     assert {"accuracy_parity_generalisation.png", "heatmap_parity_generalisation.png"} <= written
     heatmap = (store.root / "plots" / "heatmap_parity_generalisation.svg").read_text()
     assert "1 oom" in heatmap

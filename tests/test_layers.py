@@ -18,6 +18,7 @@ TORCH_FREE = [
     "seqbench.cell.record", "seqbench.measure.record", "seqbench.results.store",
     "seqbench.results.tables", "seqbench.results.accuracy", "seqbench.results.cellstats",
     "seqbench.results.stats", "seqbench.results.report", "seqbench.results.plots",
+    "seqbench.results.plotstyle", "seqbench.results.dynamics",
     "seqbench.results.cli", "seqbench.gate.accuracy", "seqbench.gate.baseline",
     "seqbench.gate.stats", "seqbench.gate.perf", "seqbench.gate.cli",
 ]

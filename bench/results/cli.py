@@ -1,5 +1,7 @@
 """`seqbench report` and `seqbench plot`: tables, report.html and figures from the stored records of
-a folder (never re-runs anything). Torch-free. A stored file that cannot be trusted is named with
+a folder (never re-runs anything). Torch-free. `report` makes the figures first where DIR/plots
+lacks them or is older than a record (seqbench.results.report.needs_plots), so that one command
+gives the whole page; `plot` makes them always, as PNG, and as SVG too with --svg. A stored file that cannot be trusted is named with
 its reason on stderr and left out; the rest is reported. Records naming a plug-in that is not
 installed here stop the command (exit 2, naming what to install) rather than vanish from it."""
 from __future__ import annotations
@@ -23,6 +25,8 @@ def configure_report(p: argparse.ArgumentParser) -> None:
 
 def configure_plot(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", help="a sweep or measurement folder; figures go to DIR/plots/")
+    p.add_argument("--svg", action="store_true",
+                   help="write each figure as SVG too (default: PNG only)")
     p.set_defaults(fn=cmd_plot)
 
 
@@ -50,9 +54,14 @@ def print_tables(loaded: Loaded, root: Path) -> None:
 
 
 def cmd_report(args) -> int:
-    from seqbench.results.report import write_summary
+    from seqbench.results.report import needs_plots, write_summary
 
     store, loaded = read("report", args.dir)
+    if needs_plots(store):
+        from seqbench.results.plots import plot_folder  # matplotlib and seaborn load only here
+
+        made = plot_folder(store.root, loaded)
+        console.print(f"figures: {len(made)} made in {store.root / 'plots'}")
     write_summary(store, loaded)
     print_tables(loaded, store.root)
     return 0
@@ -62,6 +71,6 @@ def cmd_plot(args) -> int:
     from seqbench.results.plots import plot_folder  # matplotlib and seaborn load only here
 
     store, loaded = read("plot", args.dir)
-    for path in plot_folder(store.root, loaded):
+    for path in plot_folder(store.root, loaded, svg=args.svg):
         print(path)
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import html
+import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -99,62 +101,130 @@ def rich_tables(tables: list[PivotTable]) -> list[Group]:
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
        max-width: 72rem; padding: 0 1rem; color: #1d2125; line-height: 1.45; }
-h1 { font-size: 1.5rem; } h2 { font-size: 1.15rem; margin-top: 2.2rem; }
+h1 { font-size: 1.5rem; } h2 { font-size: 1.2rem; margin-top: 2.4rem; }
+h3 { font-size: 1rem; margin: 1.6rem 0 0.2rem; }
+section { border-top: 1px solid #d8dde2; margin-top: 2rem; }
+nav.toc ol { columns: 14rem; font-size: 0.9rem; margin: 0.3rem 0; }
 p.caption { color: #4a5259; font-size: 0.9rem; margin: 0.3rem 0 0.6rem; }
-table { border-collapse: collapse; font-size: 0.88rem; margin-bottom: 0.5rem; }
+div.scroll { overflow-x: auto; max-width: 100%; margin-bottom: 0.5rem; }
+table { border-collapse: collapse; font-size: 0.88rem; }
 th, td { border-bottom: 1px solid #d8dde2; padding: 0.3rem 0.7rem; }
 th { background: #f2f4f6; text-align: right; } th:first-child, td:first-child { text-align: left; }
 td { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.best { font-weight: 700; color: #0b6b3a; }
-figure { margin: 1.5rem 0; } figure img { max-width: 100%; border: 1px solid #e3e6e9; }
-figcaption { font-size: 0.85rem; color: #4a5259; }
+figure { margin: 1.5rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #e3e6e9; }
+figcaption { font-size: 0.85rem; color: #4a5259; max-width: 60rem; }
 dl.env { display: grid; grid-template-columns: max-content auto; gap: 0.1rem 1rem;
-         font-size: 0.85rem; } dl.env dt { color: #4a5259; } dl.env dd { margin: 0; }
+         font-size: 0.85rem; } dl.env dt { color: #4a5259; }
+dl.env dd { margin: 0; overflow-wrap: anywhere; }
 code { background: #f2f4f6; padding: 0 0.25rem; }
 """
 ENV_KEYS = ("seqbench", "git_commit", "torch", "python", "device", "gpu", "cpu", "executor",
             "workers", "threads")
+FIGURES_JSON = "figures.json"  # in plots/: each figure's task and caption (seqbench.results.plots)
+
+
+def figure_notes(folder: Path) -> dict[str, dict]:
+    """The task and caption of each figure in folder, by file name, as `seqbench plot` listed
+    them in folder/figures.json; {} where there is none (or it cannot be read)."""
+    try:
+        listed = json.loads((folder / FIGURES_JSON).read_text())["figures"]
+        return {f["file"]: {"task": str(f["task"]), "caption": str(f["caption"])} for f in listed}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def needs_plots(store: Store) -> bool:
+    """Whether the figures of store must be made (again): plots/figures.json is missing, names a
+    figure that is not there, or is older than a stored record."""
+    folder = store.root / "plots"
+    notes = figure_notes(folder)
+    if not notes or any(not (folder / name).is_file() for name in notes):
+        return True
+    made = (folder / FIGURES_JSON).stat().st_mtime
+    return any(p.stat().st_mtime > made for d in (store.cells, store.measurements)
+               if d.is_dir() for p in d.glob("*.json"))
+
+
+def _anchor(name: str) -> str:
+    return "task-" + re.sub(r"[^A-Za-z0-9_-]+", "-", name)
+
+
+def _html_table(t: PivotTable) -> list[str]:
+    """A table's heading, caption (with what bold means there, its notes) and the table, in a box
+    that scrolls sideways rather than widen the page."""
+    esc = html.escape
+    caption = t.caption + (f". {t.notes}." if t.notes else ".")
+    out = [f"<h3>{esc(t.title)}</h3>", f'<p class="caption">{esc(caption)}</p>',
+           '<div class="scroll"><table><thead><tr><th>model</th>'
+           + "".join(f"<th>{esc(c)}</th>" for c in t.columns) + "</tr></thead><tbody>"]
+    for row in t.rows:
+        cells = "".join(f'<td{" class=best" if (row, col) in t.best else ""}>'
+                        f"{esc(t.text.get((row, col), ''))}</td>" for col in t.columns)
+        out.append(f"<tr><td>{esc(row)}</td>{cells}</tr>")
+    return [*out, "</tbody></table></div>"]
+
+
+def _html_figure(path: Path, caption: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return (f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
 def html_report(tables: list[PivotTable], title: str, figures: list[Path],
                 env: dict | None = None) -> str:
-    """One self-contained HTML page: inline CSS, the tables (best per column in bold), and each
-    PNG figure embedded as base64; no external resources. figures are the PNGs already made by
-    `seqbench plot` (a report never makes figures)."""
+    """One self-contained HTML page (inline CSS, PNG figures embedded as base64, no external
+    resource): a contents list; one section per task with its tables, then its figures under
+    their captions (from plots/figures.json: seqbench.results.plots); then the tables and figures
+    of no one task (solve length, measurements); figures `seqbench plot` did not list; the
+    environment. Bold in a table means what its caption says."""
     esc = html.escape
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           '<meta name="viewport" content="width=device-width, initial-scale=1">',
-           f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
-           f"<h1>{esc(title)}</h1>",
-           "<p>Tables and figures from the stored records of this folder only.</p>"]
+    title = title.replace("`", "")  # a plain-text title: no Markdown code marks
+    notes = figure_notes(Path(figures[0]).parent) if figures else {}
+    tasks = list(dict.fromkeys([t.task for t in tables if t.task]
+                               + [n["task"] for n in notes.values() if n["task"]]))
     shown = {k: env[k] for k in ENV_KEYS if env and env.get(k) is not None}
     if env and env.get("plugins"):  # seqbench.registry.provenance entries
         shown["plugins"] = "; ".join(
             f"{p.get('kind')} {p.get('name')} ({p.get('distribution') or 'distribution unknown'}"
             f"{' ' + p['version'] if p.get('version') else ''})" for p in env["plugins"])
+    listed = [Path(f) for f in figures if Path(f).name in notes]
+    unlisted = [Path(f) for f in figures if Path(f).name not in notes]
+    general = "across tasks" if tasks else "measurements"
+    sections = [(_anchor(task), task, task) for task in tasks] + [("across", general, "")]
+    contents = [(a, h) for a, h, task in sections
+                if task or any(not t.task for t in tables)
+                or any(notes[p.name]["task"] == "" for p in listed)]
+    contents += [("other-figures", "other figures")] * bool(unlisted)
+    contents += [("environment", "environment")] * bool(shown)
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           '<meta name="viewport" content="width=device-width, initial-scale=1">',
+           f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
+           f"<h1>{esc(title)}</h1>",
+           "<p>Tables and figures from the stored records of this folder only.</p>"]
+    if not figures:
+        out.append("<p>No figures: <code>seqbench report DIR</code> makes them where matplotlib "
+                   "is installed (or <code>seqbench plot DIR</code>).</p>")
+    out.append('<nav class="toc"><strong>contents</strong><ol>' + "".join(
+        f'<li><a href="#{a}">{esc(h)}</a></li>' for a, h in contents) + "</ol></nav>")
+    for anchor, heading, task in sections:
+        if (anchor, heading) not in contents:
+            continue
+        out.append(f'<section id="{anchor}"><h2>{esc(heading)}</h2>')
+        for t in tables:
+            if t.task == task:
+                out += _html_table(t)
+        out += [_html_figure(p, notes[p.name]["caption"]) for p in listed
+                if notes[p.name]["task"] == task]
+        out.append("</section>")
+    if unlisted:
+        out.append('<section id="other-figures"><h2>other figures</h2>')
+        out += [_html_figure(p, p.name) for p in unlisted]
+        out.append("</section>")
     if shown:
-        out.append('<dl class="env">' + "".join(
-            f"<dt>{esc(k)}</dt><dd>{esc(str(v))}</dd>" for k, v in shown.items()) + "</dl>")
-    for t in tables:
-        out += [f"<h2>{esc(t.title)}</h2>",
-                f'<p class="caption">{esc(t.caption)}. Best per column in bold.</p>',
-                "<table><thead><tr><th>model</th>"
-                + "".join(f"<th>{esc(c)}</th>" for c in t.columns) + "</tr></thead><tbody>"]
-        for row in t.rows:
-            cells = "".join(
-                f'<td{" class=best" if (row, col) in t.best else ""}>'
-                f"{esc(t.text.get((row, col), ''))}</td>" for col in t.columns)
-            out.append(f"<tr><td>{esc(row)}</td>{cells}</tr>")
-        out.append("</tbody></table>")
-    out.append("<h2>figures</h2>")
-    if figures:
-        for path in figures:
-            data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-            out.append(f'<figure><img alt="{esc(path.stem)}" src="data:image/png;base64,{data}">'
-                       f"<figcaption>{esc(path.name)}</figcaption></figure>")
-    else:
-        out.append("<p>No figures yet: run <code>seqbench plot DIR</code>, then "
-                   "<code>seqbench report DIR</code> again to embed them.</p>")
+        out.append('<section id="environment"><h2>environment</h2><dl class="env">' + "".join(
+            f"<dt>{esc(k)}</dt><dd>{esc(str(v))}</dd>" for k, v in shown.items())
+            + "</dl></section>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
