@@ -125,7 +125,12 @@ def legend(cells) -> str:
 
 def seeds_text(cells) -> str:
     """"n=3 seeds", or "n=2-3 seeds" where cells hold different numbers of seeds."""
-    ns = sorted({c.n for c in cells})
+    return seed_count_text(c.n for c in cells)
+
+
+def seed_count_text(counts) -> str:
+    """seeds_text from the seed counts themselves ("n=1 seed", "n=3 seeds", "n=2-3 seeds")."""
+    ns = sorted(set(counts))
     if not ns:
         return "no seeds"
     span = str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"

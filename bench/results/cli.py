@@ -1,8 +1,8 @@
 """`seqbench report` and `seqbench plot`: tables, report.html and figures from the stored records of
 a folder (never re-runs anything). Torch-free. `report` makes the figures first where DIR/plots
 lacks them or is older than a record (seqbench.results.report.needs_plots), so that one command
-gives the whole page; `plot` makes them always, as PNG, and as SVG too with --svg. A stored file that cannot be trusted is named with
-its reason on stderr and left out; the rest is reported. Records naming a plug-in that is not
+gives the whole page; `plot` makes them always, as PNG, and as SVG too with --svg. A stored file
+that cannot be trusted is named with its reason on stderr and left out; the rest is reported. Records naming a plug-in that is not
 installed here stop the command (exit 2, naming what to install) rather than vanish from it."""
 from __future__ import annotations
 

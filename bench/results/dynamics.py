@@ -11,6 +11,7 @@ from matplotlib.lines import Line2D
 
 from seqbench import display
 from seqbench.cell.record import CellRecord
+from seqbench.results.cellstats import seed_count_text
 from seqbench.results.plotstyle import (
     GREY,
     STYLE_COLUMNS,
@@ -83,7 +84,8 @@ def training_figure(task_name: str, history: pd.DataFrame, score_name: str, thre
     ax.set_xlabel("training step")
     ax.set_ylabel(f"validation {score_name}")
     ax.set_title(f"{task_name}: validation {score_name} during training at "
-                 f"{length_axis(at)[0]}={length}\nmean over {at['seed'].nunique()} seed(s)",
+                 f"{length_axis(at)[0]}={length}\n"
+                 f"mean over {seed_count_text([at['seed'].nunique()])}",
                  fontsize="medium")
     legend(fig, model_handles(models, styles) + handles)
     return fig
@@ -94,7 +96,7 @@ def training_caption(task_name: str, history: pd.DataFrame, score_name: str) -> 
     at = history[history["length"] == length]
     return (f"{task_name}: validation {score_name} at each evaluation during training, at the "
             f"longest {length_axis(at)[0]}={length}; one line per model, the mean over "
-            f"{at['seed'].nunique()} seed(s), each holding its last score between its "
+            f"{seed_count_text([at['seed'].nunique()])}, each holding its last score between its "
             f"evaluations (and to the end if it stopped early because it solved the task; "
             f"a diverged one counts up to its last evaluation). Grey "
             f"dashed: chance; dotted: the solve threshold; dash-dot-dot: the shortcut (n-gram) "
@@ -158,7 +160,7 @@ def gradflow_figure(task_name: str, flows: pd.DataFrame) -> Figure:
     ax.set_ylabel(r"gradient norm $\|\partial \ell_p / \partial e_{p-d}\|$ (log)")
     ax.set_title(f"{task_name}: gradient flow through time at {length_axis(at)[0]}={length}\n"
                  f"reach of the loss at the scored step into the input d steps back\n"
-                 f"(batch mean; mean over {seeds} seed(s))", fontsize="medium")
+                 f"(batch mean; mean over {seed_count_text([seeds])})", fontsize="medium")
     handles = model_handles(models, styles) + [
         Line2D([], [], color=GREY, linestyle="--", label="untrained (at initialisation)"),
         Line2D([], [], color=GREY, linestyle="-", label="trained"),
@@ -176,6 +178,6 @@ def gradflow_caption(task_name: str, flows: pd.DataFrame) -> str:
     return (f"{task_name}: how far back the loss at the scored step reaches, at the longest "
             f"{length_axis(at)[0]}={length} with a stored gradient flow: the norm of its gradient "
             f"with respect to the input d steps back (batch mean, mean over "
-            f"{at['seed'].nunique()} seed(s); log scale), dashed at initialisation, solid after "
-            f"training. A flat line reaches far back; a steep fall is a vanishing gradient; a "
-            f"tick at the bottom marks a norm of exactly 0 (beyond a receptive field).")
+            f"{seed_count_text([at['seed'].nunique()])}; log scale), dashed at initialisation, "
+            f"solid after training. A flat line reaches far back; a steep fall is a vanishing "
+            f"gradient; a tick at the bottom marks a norm of exactly 0 (beyond a receptive field).")

@@ -53,6 +53,7 @@ from PIL import Image
 
 from seqbench.cell.record import FAILED
 from seqbench.fileio import atomic_write
+from seqbench.results.cellstats import seed_count_text
 from seqbench.results.dynamics import (
     flow_frame,
     gradflow_caption,
@@ -186,9 +187,9 @@ def accuracy_figure(task_name: str, tdf: pd.DataFrame, boundary: int | None = No
     symbol, meaning = length_axis(tdf)
     what = (f"{meaning} {symbol}" if boundary is None
             else f"test {symbol} (trained on lengths up to N={boundary})")
+    spread = "bars: worst to best seed" if seeds > 1 else "one seed"
     ax.set_title(f"{task_name}: {score_name} vs {what}\n"
-                 f"mean over {seeds} seed(s); " + ("bars: worst to best seed" if seeds > 1
-                                                   else "one seed"), fontsize="medium")
+                 f"mean over {seed_count_text([seeds])}; {spread}", fontsize="medium")
     if boundary is not None:
         lines.append(Line2D([], [], color="firebrick", linestyle="-.",
                             label=f"training length N={boundary}"))
@@ -206,9 +207,9 @@ def accuracy_caption(task_name: str, tdf: pd.DataFrame, boundary: int | None = N
           f" Left of the red dash-dot line N={boundary}: the score at the training length (in "
           f"distribution); to its right, at the longer test lengths.")
     return (f"{task_name}: held-out (test-set) {score_name} against {meaning} {symbol}, one line "
-            f"per model through the mean over {seeds} seed(s), {spread}; models at the same "
-            f"length are set a few points apart sideways so that coinciding ones all show. Grey "
-            f"dashed: chance; dotted: solved at ≥ {threshold:g}; dash-dot-dot: the shortcut "
+            f"per model through the mean over {seed_count_text([seeds])}, {spread}; models at "
+            f"the same length are set a few points apart sideways so that coinciding ones all "
+            f"show. Grey dashed: chance; dotted: solved at ≥ {threshold:g}; dash-dot-dot: the shortcut "
             f"(n-gram) learner's test score at each length (mean over seeds; the best cheap "
             f"learner with no sequential memory: a model near it need not use the long-range "
             f"dependency). Cells that diverged, ran out of memory or failed have no score and are "
@@ -256,8 +257,9 @@ def heatmap_figure(task_name: str, tdf: pd.DataFrame, boundary: int | None = Non
 
 def heatmap_caption(task_name: str, tdf: pd.DataFrame) -> str:
     score_name, _, chances = task_facts(tdf)
-    return (f"{task_name}: mean held-out {score_name} over {tdf['seed'].nunique()} seed(s) per "
-            f"model (rows) and {length_axis(tdf)[0]} (columns), coloured from chance "
+    seeds = seed_count_text([tdf["seed"].nunique()])
+    return (f"{task_name}: mean held-out {score_name} over {seeds} per model (rows) and "
+            f"{length_axis(tdf)[0]} (columns), coloured from chance "
             f"({min(chances.values()):.3g}) to 1. Grey cells have no score (every seed failed, "
             f"named, or the cell was not run); a count in brackets names seeds that failed.")
 

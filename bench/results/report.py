@@ -112,7 +112,8 @@ th, td { border-bottom: 1px solid #d8dde2; padding: 0.3rem 0.7rem; }
 th { background: #f2f4f6; text-align: right; } th:first-child, td:first-child { text-align: left; }
 td { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.best { font-weight: 700; color: #0b6b3a; }
-figure { margin: 1.5rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #e3e6e9; }
+figure { margin: 1.5rem 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #e3e6e9; }
 figcaption { font-size: 0.85rem; color: #4a5259; max-width: 60rem; }
 dl.env { display: grid; grid-template-columns: max-content auto; gap: 0.1rem 1rem;
          font-size: 0.85rem; } dl.env dt { color: #4a5259; }
@@ -261,8 +262,8 @@ def title(store: Store, loaded: Loaded) -> str:
 def write_summary(store: Store, loaded: Loaded, env: dict | None = None) -> str:
     """Regenerate, from the parsed records only: results.csv, measurements.csv, env.json,
     pairwise.csv (every model pair of every task and length: seqbench.results.stats.pairwise),
-    summary.md (findings, then the tables), report.html (the same tables, plus the figures found in plots/), and
-    results.parquet / measurements.parquet where pyarrow is installed.
+    summary.md (findings, then the tables), report.html (the same tables, plus the figures found
+    in plots/), and results.parquet / measurements.parquet where pyarrow is installed.
 
     env defaults to the environment stored in the first record (reports never re-measure); its
     `plugins` lists every plug-in the records name.

@@ -115,8 +115,8 @@ SOLVE_VERDICTS = ("solved", "not solved", "undecided")
 
 def solve_verdict(values: Scores, threshold: float, level: float = 0.95) -> str:
     """Whether the seeds' mean score reaches `threshold`, decided only where the `level` interval
-    of the mean (`interval`, clipped to [0, 1]) lies wholly on one side: "solved" (low >= threshold),
-    "not solved" (high < threshold), else "undecided". One seed, or none, decides nothing. Why an
+    of the mean (`interval`, clipped to [0, 1]) lies wholly on one side: "solved" (low >=
+    threshold), "not solved" (high < threshold), else "undecided". One seed, or none, decides nothing. Why an
     interval and not a count of seeds: a mean near the threshold flips a k/n majority on another
     kernel path (measured: 6 of 78 quick solve lengths under an AVX2 cap, every one a 2/3 <-> 1/3
     or 3/3 <-> 1/3 flip at a mean within 0.02 of the threshold), while a decided interval holds."""
@@ -194,7 +194,8 @@ def compare(a: Scores, b: Scores,
             if len(seeds) != len(v) or len(set(seeds)) != len(seeds):
                 raise ConfigError(f"paired_by: the seeds of {side} must be distinct, one per "
                                   f"score; got {list(seeds)!r} for {len(v)} scores")
-            pairs.append({seed: float(score) for seed, score in zip(seeds, v) if not np.isnan(score)})
+            pairs.append({seed: float(score) for seed, score in zip(seeds, v)
+                          if not np.isnan(score)})
         if pairs[0].keys() == pairs[1].keys():
             seeds = list(pairs[0])
             return _paired(np.array([pairs[0][s] for s in seeds]),

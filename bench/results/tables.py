@@ -185,7 +185,8 @@ def _metric_table(df: pd.DataFrame, metric: str, title: str, unit: str, higher: 
         value = r[metric]
         if pd.isna(value):
             continue
-        ref = df[(df["model"] == REFERENCE) & (df["length"] == r["length"]) & (df["status"] == "ok")]
+        ref = df[(df["model"] == REFERENCE) & (df["length"] == r["length"])
+                 & (df["status"] == "ok")]
         ratio = f" ({value / ref[metric].iloc[0]:.2f}x)" if len(ref) and ref[metric].iloc[0] else ""
         text[cell], values[cell] = _si(value, unit) + ratio, value
     caption = (f"{title}; {setting}; in brackets: ratio to the {REFERENCE}; "
