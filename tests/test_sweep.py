@@ -25,6 +25,7 @@ from seqbench.fileio import atomic_write
 from seqbench.models import FAMILIES
 from seqbench.results.report import write_summary
 from seqbench.results.store import Store
+from seqbench.strict import ConfigError
 from seqbench.sweeps.driver import run_sweep
 from seqbench.sweeps.spec import PRESETS, load_spec, preset
 from seqbench.tasks import TASKS
@@ -533,3 +534,35 @@ def test_findings_preset_holds_the_two_findings():
     assert {"lstm", "transformer"} <= parity
     recall = sorted({c.length for c in cells if c.task == "assoc_recall"})
     assert len(recall) >= 2  # a growing number of key-value pairs
+
+
+def _spec_with(extra: str):
+    return load_spec(f"""
+name = "tm"
+tasks = ["parity", "copy"]
+models = ["lstm", "gru", "transformer"]
+lengths = [4]
+{extra}
+""", "test")
+
+
+def test_task_models_limit_the_models_of_a_task_and_keep_keys():
+    full = _spec_with("")
+    some = _spec_with('[task_models]\ncopy = ["transformer"]')
+    got = {(c.task, c.model) for c in some.cells()}
+    assert got == {("parity", "lstm"), ("parity", "gru"), ("parity", "transformer"),
+                   ("copy", "transformer")}
+    assert {c.key() for c in some.cells()} <= {c.key() for c in full.cells()}
+
+
+@pytest.mark.parametrize(("extra", "fragments"), [
+    ('[task_models]\ncopy = ["mamba"]', ["task_models.copy", "'mamba'", "allowed: gru, lstm"]),
+    ('[task_models]\ndyck = ["lstm"]', ["task_models key", "'dyck'", "allowed: copy, parity"]),
+    ('[task_models]\ncopy = []', ["task_models.copy", "non-empty list"]),
+    ('[task_models]\ncopy = ["lstm"]\nparity = ["lstm"]', ["task_models", "gru, transformer",
+                                                          "run on no task"]),
+])
+def test_task_models_errors_name_the_field_and_the_allowed_values(extra, fragments):
+    with pytest.raises(ConfigError) as error:
+        _spec_with(extra)
+    assert all(f in str(error.value) for f in fragments), str(error.value)

@@ -12,6 +12,10 @@ example a Transformer with RoPE), optionally limited to some tasks (a bidirectio
 the task allows it); `models` may list them beside the families. Like a set's, a variant's name is
 a label stored in each record (`variant`), and tables and plots show it as the model.
 
+Models per task (`[task_models]`, optional): `TASK = ["lstm", "transformer-rope"]` runs only those
+entries of `models` on that task (the grid is then not a full product, as when each claim of a
+findings sweep concerns its own families); a task left out runs every entry.
+
 Length generalisation (`[generalise.TASK]`, optional): the task's cells train up to their length
 and are scored at the given longer lengths (seqbench.cell.config.Generalise).
 """
@@ -91,6 +95,7 @@ class SweepSpec:
     hpsets: Any = field(default_factory=dict)  # set name -> partial train table (a grid axis)
     variants: Any = field(default_factory=dict)  # variant name -> Variant table
     generalise: Any = field(default_factory=dict)  # task -> Generalise table
+    task_models: Any = field(default_factory=dict)  # task -> the entries of `models` it runs
     measure: MeasureSpec | None = None
 
     def validate(self, where: str) -> None:
@@ -109,6 +114,21 @@ class SweepSpec:
                     check_choice(f"{table} key", key, allowed)
             elif table != "lengths":
                 raise ConfigError(f"{table}: expected a table keyed by name")
+        if not isinstance(self.task_models, dict):
+            raise ConfigError('task_models: expected a table task -> list of models, e.g. '
+                              '[task_models] parity = ["lstm"]')
+        for task, chosen in self.task_models.items():
+            check_choice("task_models key", task, self.tasks)
+            require(isinstance(chosen, list) and bool(chosen), f"task_models.{task}",
+                    f"expected a non-empty list of entries of models, got {chosen!r}")
+            for model in chosen:
+                check_choice(f"task_models.{task}", model, self.models)
+            require(len(set(chosen)) == len(chosen), f"task_models.{task}",
+                    f"must not repeat, got {chosen}")
+        idle = [m for m in self.models
+                if all(m not in self.task_models.get(t, self.models) for t in self.tasks)]
+        require(not idle, "task_models", f"{', '.join(idle)} would run on no task; add them to a "
+                "task's list or drop them from models")
         if not isinstance(self.hpsets, dict):
             raise ConfigError("hpsets: expected a table of named sets, e.g. [hpsets.lr1e-3]")
         for name, override in self.hpsets.items():
@@ -189,8 +209,9 @@ class SweepSpec:
         for task in self.tasks:
             sets = self.train_sets(task)
             generalise = self.generalise_for(task)
+            chosen = self.task_models.get(task, self.models)
             for model, family, hparams, only in models:
-                if only is not None and task not in only:
+                if (only is not None and task not in only) or model not in chosen:
                     continue
                 for length in self.lengths_for(task):
                     for name, train in sets.items():
