@@ -14,8 +14,6 @@ from seqbench.strict import ConfigError
 from seqbench.sweeps.schema import sweep_schema
 from seqbench.sweeps.spec import PRESETS, load_spec
 
-jsonschema = pytest.importorskip("jsonschema")
-
 SMALL = """
 name = "small"
 tasks = ["parity", "copy"]
@@ -36,6 +34,8 @@ hparams = { positions = "rope" }
 
 @pytest.fixture(scope="module")
 def validator():
+    """A draft 2020-12 validator of the schema; the tests that use it skip without jsonschema."""
+    jsonschema = pytest.importorskip("jsonschema")
     schema = sweep_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema)
