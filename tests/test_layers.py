@@ -21,6 +21,7 @@ TORCH_FREE = [
     "seqbench.results.plotstyle", "seqbench.results.dynamics",
     "seqbench.results.cli", "seqbench.gate.accuracy", "seqbench.gate.baseline",
     "seqbench.gate.stats", "seqbench.gate.perf", "seqbench.gate.cli",
+    "seqbench.sweeps.schema",  # sweep_schema() itself reads the family registry: torch
 ]
 # Python in which `import torch` fails: anything that needs torch breaks loudly
 NO_TORCH = ("import sys\n"

@@ -66,7 +66,7 @@ from torch import nn
 
 from seqbench.models.base import Core, Family
 from seqbench.models.recurrent import set_forget_bias, state_growth
-from seqbench.strict import ConfigError, check_choice
+from seqbench.strict import ConfigError, check_choice, setting
 from seqbench.tasks.base import IGNORE
 
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
@@ -75,8 +75,9 @@ ATTENTION = ("none", "additive", "dot")
 
 @dataclass(frozen=True)
 class Seq2SeqHP:
-    cell: str = "gru"  # the recurrent cell of encoder and decoder: gru or lstm
-    attention: str = "additive"  # none (one context vector), additive (Bahdanau) or dot (Luong)
+    cell: str = setting("gru", "the recurrent cell of encoder and decoder", choices=CELLS)
+    attention: str = setting("additive", "none (one context vector), additive (Bahdanau) or "
+                             "dot (Luong)", choices=ATTENTION)
 
     def validate(self, where: str) -> None:
         check_choice(f"{where}.cell", self.cell, CELLS)

@@ -44,7 +44,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqbench.models.base import Core, Family, SequenceModel, count_parameters, search_width
-from seqbench.strict import check_choice, require
+from seqbench.strict import check_choice, require, setting
+
+POSITIONS = ("sinusoidal", "learned", "rope", "alibi")
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,9 @@ class TransformerHP:
     heads: int = 4
     ff_mult: float = 4.0  # feed-forward width over model width, before budget fitting
     dropout: float = 0.0
-    positions: str = "sinusoidal"
+    positions: str = setting("sinusoidal", "positions: sinusoidal or learned (absolute, added "
+                             "to the input), rope (rotary) or alibi (linear attention biases)",
+                             choices=POSITIONS)
 
     def validate(self, where: str) -> None:
         require(self.layers >= 1, f"{where}.layers", f"must be >= 1, got {self.layers}")
@@ -270,8 +274,6 @@ class Transformer(nn.Module):
             caches.append(cache)
         return self.ln_f(x[:, 0]), KVCache(state.position + 1, tuple(caches))
 
-
-POSITIONS = ("sinusoidal", "learned", "rope", "alibi")
 
 
 def _build(width: int, hp: TransformerHP, max_len: int, ff_width: int | None = None) -> Core:

@@ -29,12 +29,19 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from seqbench import display, registry
-from seqbench.cell.config import CellConfig, Generalise, TrainConfig
+from seqbench.cell.config import DEVICES, CellConfig, Generalise, TrainConfig
 from seqbench.cell.record import LABEL
 from seqbench.fileio import single_component
-from seqbench.measure.point import MeasurePoint
+from seqbench.measure.point import DTYPES, MeasurePoint
 from seqbench.models import get_family, parse_hparams
-from seqbench.strict import ConfigError, check_choice, coerce, from_mapping, require
+from seqbench.strict import (
+    ConfigError,
+    check_choice,
+    coerce,
+    from_mapping,
+    require,
+    setting,
+)
 from seqbench.tasks import get_task
 
 PRESETS = ("smoke", "quick", "findings", "full", "gpu-check", "techniques-attention",
@@ -52,13 +59,15 @@ def _label(field: str, name: str, what: str) -> None:
 class MeasureSpec:
     """Speed and memory points of a sweep: its models and device at these lengths."""
 
-    lengths: tuple[int, ...]
-    batch_size: int = 32
-    dtype: str = "fp32"
-    task: str = "parity"
-    rss: bool = True  # CPU: peak RSS growth in a fresh subprocess
-    stream: tuple[int, ...] | None = None  # streaming positions, none by default
-    blocks: int = 7
+    lengths: tuple[int, ...] = field(metadata={"help": "lengths to measure each model at"})
+    batch_size: int = setting(32, "sequences per batch")
+    dtype: str = setting("fp32", "fp32, or bf16 (forward and loss under torch.autocast)",
+                         choices=DTYPES)
+    task: str = setting("parity", "supplies the input/output shapes and the loss")
+    rss: bool = setting(True, "CPU: peak RSS growth of a step in a fresh subprocess")
+    stream: tuple[int, ...] | None = setting(None, "streaming positions to time (none by "
+                                             "default)")
+    blocks: int = setting(7, "timed blocks per measurement (>= 5)")
 
     def validate(self, where: str) -> None:
         require(self.blocks >= 5, f"{where}.blocks", f"must be >= 5, got {self.blocks}")
@@ -75,28 +84,41 @@ class Label(NamedTuple):
 class Variant:
     """A named model: a family with its own hyper-parameters, on all tasks or only on `tasks`."""
 
-    model: str
-    hparams: Any = field(default_factory=dict)  # replaces the sweep's [hparams.FAMILY] table
-    tasks: tuple[str, ...] | None = None
+    model: str = field(metadata={"help": "the model family"})
+    hparams: Any = field(default_factory=dict, metadata={
+        "help": "the family's hyper-parameters; replaces the sweep's [hparams.FAMILY] table"})
+    tasks: tuple[str, ...] | None = setting(None, "only on these tasks of the sweep (default: "
+                                            "all)")
 
 
 @dataclass(frozen=True)
 class SweepSpec:
-    name: str
-    tasks: tuple[str, ...]
-    models: tuple[str, ...]
-    lengths: Any  # a list for every task, or a table task -> list
-    seeds: tuple[int, ...] = (0,)
-    params: int = 20_000
-    device: str = "cpu"
-    train: TrainConfig = field(default_factory=TrainConfig)
-    task_train: Any = field(default_factory=dict)  # task -> partial train table overriding `train`
-    hparams: Any = field(default_factory=dict)  # model -> hyper-parameter table
-    hpsets: Any = field(default_factory=dict)  # set name -> partial train table (a grid axis)
-    variants: Any = field(default_factory=dict)  # variant name -> Variant table
-    generalise: Any = field(default_factory=dict)  # task -> Generalise table
-    task_models: Any = field(default_factory=dict)  # task -> the entries of `models` it runs
-    measure: MeasureSpec | None = None
+    """A sweep file: a grid of tasks x models x lengths x hyper-parameter sets x seeds, parsed and
+    validated whole before anything runs (seqbench.sweeps.spec.load_spec)."""
+
+    name: str = field(metadata={"help": "the sweep's name: its results go to OUT/NAME/"})
+    tasks: tuple[str, ...] = field(metadata={"help": "tasks of the grid"})
+    models: tuple[str, ...] = field(metadata={"help": "model families and variant names"})
+    lengths: Any = field(metadata={"help": "a list for every task, or a table task -> list"})
+    seeds: tuple[int, ...] = setting((0,), "seeds of every cell")
+    params: int = setting(20_000, "parameter budget shared by all models (+-10%)")
+    device: str = setting("cpu", "device", choices=DEVICES)
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={
+        "help": "training settings of every cell"})
+    task_train: Any = field(default_factory=dict, metadata={
+        "help": "task -> training settings overriding [train] for that task"})
+    hparams: Any = field(default_factory=dict, metadata={
+        "help": "model family -> its hyper-parameters"})
+    hpsets: Any = field(default_factory=dict, metadata={
+        "help": "set name -> training settings overriding [train] and [task_train.TASK]; "
+                "every set is one more grid axis"})
+    variants: Any = field(default_factory=dict, metadata={
+        "help": "variant name -> a family with its own hyper-parameters; list it in models"})
+    generalise: Any = field(default_factory=dict, metadata={
+        "help": "task -> its length-generalisation protocol"})
+    task_models: Any = field(default_factory=dict, metadata={
+        "help": "task -> the entries of models it runs (default: every entry)"})
+    measure: MeasureSpec | None = setting(None, "speed and memory points of the sweep's models")
 
     def validate(self, where: str) -> None:
         single_component("name", self.name)  # the store's folder under --out
