@@ -428,3 +428,14 @@ def test_avx2_cap_really_changes_the_recorded_path(tmp_path, capsys):
     code, _, _, md = gate(capsys, tmp_path / "native" / "tiny", tmp_path / "avx2" / "tiny")
     assert code == 0 and "- mode: **seed groups** (kernel paths differ: " in md
     assert "MKL_ENABLE_INSTRUCTIONS=AVX2" in md
+
+
+def test_same_trajectory_compares_losses_not_added_history_fields():
+    from seqbench.gate.accuracy import same_trajectory
+    a = fake_record("parity", "lstm", 4, 0.9)
+    b = fake_record("parity", "lstm", 4, 0.9)
+    a.history = [{"step": 50, "train_loss": 0.5, "val_loss": 0.4, "val_score": 0.8}]
+    b.history = [dict(a.history[0], grad_norm=1.2, clipped=0.0)]  # monitoring fields added later
+    assert same_trajectory(a, b)
+    b.history = [dict(b.history[0], val_loss=0.41)]
+    assert not same_trajectory(a, b)

@@ -235,12 +235,18 @@ def compare_cell(b: CellRecord, c: CellRecord, tol: float) -> CellDiff:
 
 
 ORDER = ("regression", "missing", "within tolerance", "changed", "improved", "new")
-TRAJECTORY = ("steps", "train_loss", "val_loss", "test_loss", "history")
+TRAJECTORY = ("steps", "train_loss", "val_loss", "test_loss")
+HISTORY_LOSSES = ("step", "train_loss", "val_loss")  # a history item's losses; other fields
+# (gradient monitoring, added later) describe the same trajectory and are not compared
 
 
 def same_trajectory(b: CellRecord, c: CellRecord) -> bool:
-    """Whether two records of a cell trained through the same losses (bit for bit)."""
-    return all(getattr(b, name) == getattr(c, name) for name in TRAJECTORY)
+    """Whether two records of a cell trained through the same losses (bit for bit): the final
+    losses and every evaluation's losses in the history."""
+    def losses(r: CellRecord) -> list[tuple]:
+        return [tuple(h.get(k) for k in HISTORY_LOSSES) for h in r.history]
+    return (all(getattr(b, name) == getattr(c, name) for name in TRAJECTORY)
+            and losses(b) == losses(c))
 
 
 def compare_accuracy(base: Run, cur: Run, tolerances: Tolerances) -> AccuracyResult:
