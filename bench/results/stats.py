@@ -110,9 +110,6 @@ def solved(values: Scores, threshold: float) -> tuple[int, int]:
     return int(np.sum(x[~np.isnan(x)] >= threshold)), len(x)
 
 
-SOLVE_VERDICTS = ("solved", "not solved", "undecided")
-
-
 def solve_verdict(values: Scores, threshold: float, level: float = 0.95) -> str:
     """Whether the seeds' mean score reaches `threshold`, decided only where the `level` interval
     of the mean (`interval`, clipped to [0, 1]) lies wholly on one side: "solved" (low >=
