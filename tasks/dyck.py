@@ -79,10 +79,10 @@ import torch
 
 from seqbench.strict import require
 from seqbench.tasks.base import Batch, IOSpec, Task
+from seqbench.tasks.sampling import argsort_rows, median_rows
 
 MIN_LENGTH = 10
 TABLE_MAX = 24  # longest length drawn from a table of (shape, B) couples (54 MB, 1-3 s to build)
-ACCEPT = 0.8  # lower bound on the fraction of shapes with an eligible pair above TABLE_MAX
 
 
 def guard(length: int) -> int:
@@ -111,27 +111,45 @@ def eligible_shapes(n: int, g: int) -> int:
 def dyck_shapes(b: int, n: int, generator: torch.Generator, device) -> torch.Tensor:
     """(b, 2n) bool, True at opening brackets: uniform Dyck words with n pairs (cycle lemma)."""
     keys = torch.rand(b, 2 * n + 1, generator=generator, device=device, dtype=torch.float64)
-    return shapes_from_keys(keys)
+    return shapes_from_keys(keys)[0]
 
 
-def shapes_from_keys(keys: torch.Tensor) -> torch.Tensor:
-    """The cycle-lemma Dyck word of each row of distinct keys (b, 2n + 1): up-steps at the n
-    smallest keys, rotated to start after the first minimum of the walk, last step dropped."""
+def shapes_from_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(opens, height), each (b, 2n): the cycle-lemma Dyck word of each row of distinct keys
+    (b, 2n + 1), up-steps at the n smallest keys, rotated to start after the first minimum of the
+    walk, last step dropped; and the height of its walk after each step (see walk)."""
     m = keys.shape[1]
-    up = keys < keys.median(1, keepdim=True).values  # the median of 2n + 1: the (n + 1)-th smallest
-    start = walk(up).argmin(1, keepdim=True) + 1  # argmin returns the first minimum
-    return up.gather(1, (start + steps(m - 1, keys.device)) % m)
+    up = keys < median_rows(keys)
+    up = torch.cat([up, up], 1)  # twice round: each rotation is a window
+    height = walk(up, largest=2 * m)  # twice the 2n up-steps, and the 2m steps: under 2m
+    lowest, low = height[:, :m].min(1, keepdim=True)  # min returns the first minimum's index
+    at = low + 1 + steps(m - 1, keys.device)
+    return up.gather(1, at), height.gather(1, at) - lowest
 
 
 @functools.lru_cache(maxsize=64)
-def steps(length: int, device) -> torch.Tensor:
+def steps(length: int, device, dtype: torch.dtype = torch.int64) -> torch.Tensor:
     """arange(length) on device, shared: read it, never write it."""
-    return torch.arange(length, device=device)
+    return torch.arange(length, device=device, dtype=dtype)
 
 
-def walk(up: torch.Tensor) -> torch.Tensor:
-    """Height after each step of the walks with up-steps at `up` (b, L): openers minus closers."""
-    return 2 * up.cumsum(1) - 1 - steps(up.shape[1], up.device)
+def walk(up: torch.Tensor, largest: int | None = None) -> torch.Tensor:
+    """Height after each step of the walks with up-steps at `up` (b, L): openers minus closers,
+    in a small integer type (the cheapest to sort: seqbench.tasks.sampling) that holds `largest`
+    (default 2 L), the largest intermediate: twice the count of up-steps, or L."""
+    dtype = small_int(largest or 2 * up.shape[1])
+    return 2 * up.cumsum(1, dtype=dtype) - counts(up.shape[1], up.device, dtype)
+
+
+def small_int(largest: int) -> torch.dtype:
+    """The smallest signed integer type that holds -largest .. largest."""
+    return torch.int8 if largest <= 127 else torch.int16
+
+
+@functools.lru_cache(maxsize=64)
+def counts(length: int, device, dtype: torch.dtype) -> torch.Tensor:
+    """arange(1, length + 1) on device, shared: read it, never write it."""
+    return torch.arange(1, length + 1, device=device, dtype=dtype)
 
 
 def all_shapes(n: int, device) -> torch.Tensor:
@@ -148,13 +166,18 @@ def all_shapes(n: int, device) -> torch.Tensor:
     return shapes
 
 
+def pair_lists(opens: torch.Tensor, height: torch.Tensor) -> torch.Tensor:
+    """(b, 2n): the pairs of the Dyck words `opens` (b, 2n), with walk heights `height`, listed by
+    level, then position, each as its opening then its closing position. At each nesting level
+    openings and closings alternate, so a stable sort by level lists every pair as two
+    neighbours."""
+    level = height + ~opens  # the level of the pair a bracket belongs to (1 .. n)
+    return argsort_rows(level.to(small_int(opens.shape[1] // 2)), stable=True)  # level <= n
+
+
 def partners(opens: torch.Tensor) -> torch.Tensor:
-    """(b, 2n) index of the matching bracket of every position of Dyck words `opens`. At each
-    nesting level openings and closings alternate, so sorting by (level, position) lists every
-    pair as two neighbours."""
-    length = opens.shape[1]
-    level = walk(opens) + ~opens  # the level of the pair a bracket belongs to
-    order = (level * length + steps(length, opens.device)).argsort(1)
+    """(b, 2n) index of the matching bracket of every position of Dyck words `opens`."""
+    order = pair_lists(opens, walk(opens))
     first, second = order[:, 0::2], order[:, 1::2]
     return torch.empty_like(order).scatter_(1, first, second).scatter_(1, second, first)
 
@@ -178,11 +201,6 @@ def skeleton(opens, partner, b1, positive) -> tuple[torch.Tensor, torch.Tensor]:
     second = torch.where(positive, b2, a2)  # B's closer flipped in a positive, A's in a negative
     flip = (pos == b1) | (pos == second)
     return src, flip
-
-
-def tokens(bits, src, flip, opens) -> torch.Tensor:
-    """Tokens 2 * kind + closing, kind = bits[src] XOR flip."""
-    return 2 * (bits.gather(1, src) ^ flip.long()) + (~opens).long()
 
 
 def class_pattern(b: int, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,7 +247,7 @@ class Dyck(Task):
     length_symbol = "L"
     length_meaning = "sequence length"
     summary = "Dyck-2 recognition: is a string of ( ) [ ] balanced? (negatives differ only far apart)"
-    version = 2
+    version = 3
     io = IOSpec("tokens", input_size=4, output_size=2)
     readout = "final"
     solve_threshold = 0.99
@@ -266,24 +284,35 @@ class Dyck(Task):
 
     @staticmethod
     def _on_the_fly(length, positive, generator, device):
-        b, n = len(positive), length // 2
+        b, n, g = len(positive), length // 2, guard(length)
+        accept = eligible_shapes(n, g) / (math.comb(2 * n, n) // (n + 1))
         parts, have = [], 0
         while have < b:  # rejection: draw shapes until b of them have an eligible pair
-            rows = math.ceil((b - have) / ACCEPT) + 4
-            u = torch.rand(rows, 2 * n + 2, generator=generator, device=device,
-                           dtype=torch.float64)
-            opens = shapes_from_keys(u[:, :-1])
-            partner = partners(opens)
-            ranks = eligible(opens, partner).cumsum(1)
-            pick = (u[:, -1:] * ranks[:, -1:]).long()  # uniform among the eligible pairs
-            b1 = (ranks <= pick).sum(1, keepdim=True)
-            keep = (ranks[:, -1] > 0).nonzero()[: b - have, 0]
-            parts.append((opens[keep], partner[keep], b1[keep]))
+            need = b - have
+            rows = math.ceil((need + 2 * math.sqrt(need * (1 - accept))) / accept) + 1
+            keys = torch.rand(rows, 2 * n + 1, generator=generator, device=device)
+            u = torch.rand(rows, 1, generator=generator, device=device, dtype=torch.float64)
+            opens, height = shapes_from_keys(keys)  # not a Dyck word where a tie hit the median
+            order = pair_lists(opens, height)
+            top = (height == 0).sum(1, keepdim=True)  # level-1 pairs, listed first
+            span = order[:, 1::2] - order[:, 0::2]
+            ranks = ((steps(n, device) >= top) & (span >= g)).cumsum(1)
+            pick = (u * ranks[:, -1:]).long()  # uniform among the eligible pairs
+            chosen = torch.searchsorted(ranks, pick, right=True)  # B's index in the pair list
+            keep = ((ranks[:, -1] > 0) & (height[:, -1] == 0)).nonzero()[:need, 0]
+            parts.append((order[keep], chosen[keep]))
             have += len(keep)
-        opens, partner, b1 = parts[0] if len(parts) == 1 else map(torch.cat, zip(*parts))
-        src, flip = skeleton(opens, partner, b1, positive[:, None])
-        bits = torch.randint(0, 2, src.shape, generator=generator, device=device)
-        return tokens(bits, src, flip, opens)
+        order, ib = parts[0] if len(parts) == 1 else map(torch.cat, zip(*parts))
+        first, second = order[:, 0::2], order[:, 1::2]
+        b1 = first.gather(1, ib)
+        ia = torch.where((first < b1) & (second > b1), first, -1).argmax(1, keepdim=True)  # A
+        kind = torch.randint(0, 2, (b, n), generator=generator, device=device)
+        kind.scatter_(1, ib, 1 - kind.gather(1, ia))  # B: the other kind than A
+        both = torch.cat([ia, ib], 1)  # a negative exchanges A's and B's closing brackets:
+        closers = second.scatter(1, both, second.gather(
+            1, torch.where(positive[:, None], both, both.flip(1))))
+        kind = 2 * kind
+        return first.new_empty(b, length).scatter_(1, first, kind).scatter_(1, closers, kind + 1)
 
     def input_space(self, length):
         """Shapes are uniform over the E shapes with an eligible pair and, given (shape, B), the

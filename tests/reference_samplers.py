@@ -1,12 +1,13 @@
 """The samplers rewritten for speed, as they were before, kept verbatim as references: the tests
 prove that each new sampler draws the same distribution (the very same batches where the random
-stream is kept), and the benchmark times the old code next to the new.
+stream is kept; by statistical tests where it changed: tests/test_tasks_recall_formal.py), and the benchmark times the old code next to the new.
 
 Each reference takes (length, batch_size, generator, device) like Task.sample. REFERENCES maps a
 task name to its reference and to whether the new sampler keeps its random stream.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -14,6 +15,7 @@ import torch
 
 from seqbench.tasks.assoc_recall import N_KEYS, N_VALUES
 from seqbench.tasks.base import Batch, scored_tail
+from seqbench.tasks.dyck import TABLE_MAX, Dyck, class_pattern, eligible, skeleton
 from seqbench.tasks.mod_arith import MODULUS, PLUS
 from seqbench.tasks.selective_copy import MARKER, N_DATA, N_SYMBOLS, NOISE
 
@@ -75,13 +77,51 @@ def selective_copy(length, batch_size, generator, device):
     return Batch(inputs, targets, scored_tail(batch_size, region + N_DATA, N_DATA, device))
 
 
+def dyck_partners(opens):
+    length = opens.shape[1]
+    pos = torch.arange(length, device=opens.device)
+    level = 2 * opens.cumsum(1) - 1 - pos + ~opens
+    order = (level * length + pos).argsort(1)
+    first, second = order[:, 0::2], order[:, 1::2]
+    return torch.empty_like(order).scatter_(1, first, second).scatter_(1, second, first)
+
+
+def dyck(length, batch_size, generator, device):
+    """Version 2: above TABLE_MAX, shapes from the median of float64 keys, pairs by torch's
+    argsort, the kinds position by position."""
+    positive, negative = class_pattern(batch_size, generator, device)
+    if length <= TABLE_MAX:
+        return Batch(Dyck._from_table(length, negative, generator, device), positive.long())
+    b, n = batch_size, length // 2
+    parts, have = [], 0
+    while have < b:
+        rows = math.ceil((b - have) / 0.8) + 4
+        u = torch.rand(rows, 2 * n + 2, generator=generator, device=device, dtype=torch.float64)
+        keys = u[:, :-1]
+        up = keys < keys.median(1, keepdim=True).values
+        start = (2 * up.cumsum(1) - 1 - torch.arange(2 * n + 1)).argmin(1, keepdim=True) + 1
+        opens = up.gather(1, (start + torch.arange(2 * n)) % (2 * n + 1))
+        partner = dyck_partners(opens)
+        ranks = eligible(opens, partner).cumsum(1)
+        pick = (u[:, -1:] * ranks[:, -1:]).long()
+        b1 = (ranks <= pick).sum(1, keepdim=True)
+        keep = (ranks[:, -1] > 0).nonzero()[: b - have, 0]
+        parts.append((opens[keep], partner[keep], b1[keep]))
+        have += len(keep)
+    opens, partner, b1 = parts[0] if len(parts) == 1 else map(torch.cat, zip(*parts))
+    src, flip = skeleton(opens, partner, b1, positive[:, None])
+    bits = torch.randint(0, 2, src.shape, generator=generator, device=device)
+    return Batch(2 * (bits.gather(1, src) ^ flip.long()) + (~opens).long(), positive.long())
+
+
 class Reference(NamedTuple):
     sample: Callable[..., Batch]  # (length, batch_size, generator, device) -> Batch
     same_stream: bool  # the new sampler returns the very same batches from the same generator
 
 
 REFERENCES: dict[str, Reference] = {
-    "assoc_recall": Reference(assoc_recall, same_stream=True),
+    "assoc_recall": Reference(assoc_recall, same_stream=False),
+    "dyck": Reference(dyck, same_stream=False),
     "mod_arith": Reference(mod_arith, same_stream=True),
     "selective_copy": Reference(selective_copy, same_stream=True),
 }

@@ -11,8 +11,11 @@ drawing the training batches costs under 2% of an LSTM training step (20K parame
 backward, clipping and fused AdamW, one thread) per step, both timed with
 seqbench.measure.timing.time_blocks in short blocks, in turn for a few seconds: each figure is the
 fastest block, so that load from other processes on a shared machine, which only ever adds time,
-counts in neither. The per-batch cost before (one sampler call per step, with the old sampler
-where one was rewritten: tests/reference_samplers.py) is timed in the same run. Each result's
+counts in neither. The cost now is one block's sampler call (seqbench.cell.step.draw, as the sweep
+draws it) divided by the block's steps: a timed block of single batches would mostly miss the call
+that refills the block, or always hit it. The per-batch cost before (one sampler call per step,
+with the old sampler where one was rewritten: tests/reference_samplers.py) is timed in the same
+run. Each result's
 extra_info holds the times, the fraction and the speed-up, and `-s` prints them as one table:
 `pytest tests/test_benchmarks.py -k sampler_cost --benchmark-enable -s`.
 """
@@ -25,6 +28,7 @@ import pytest
 import torch
 from reference_samplers import REFERENCES
 
+from seqbench.cell.step import block_steps, draw, sample_elements
 from seqbench.measure.point import Harness, MeasurePoint
 from seqbench.measure.timing import time_blocks
 from seqbench.sweeps.spec import PRESETS, preset
@@ -65,8 +69,8 @@ def cost_table():
 def test_sampler_cost(benchmark, cost_table, name, length):
     """Batch generation per training step, before (one sampler call per step, with the old sampler
     where one was rewritten: tests/reference_samplers.py) and now (the sweep's own draw,
-    seqbench.cell.step.TrainStep.batch: one call per block of steps), both against the LSTM
-    training step, measured in turn in one run."""
+    seqbench.cell.step.draw: one call per block of steps, divided by its steps), both against the
+    LSTM training step, measured in turn in one run."""
     task = get_task(name)
     h = Harness(MeasurePoint(model="lstm", length=length, batch_size=COST_BATCH, params=20_000,
                              task=name))
@@ -78,13 +82,17 @@ def test_sampler_cost(benchmark, cost_table, name, length):
     h.train_step()  # optimiser state exists from here on, as in seqbench.measure.point
     gen = torch.Generator().manual_seed(0)
     before = REFERENCES.get(name, task)
-    calls = {"step": h.train_step, "now": h.sample,
+    steps = block_steps(COST_BATCH, sample_elements(task, length))
+    per_step = {"step": 1, "now": steps, "before": 1}
+    calls = {"step": h.train_step,
+             "now": functools.partial(draw, task, length, COST_BATCH, steps, gen, "cpu"),
              "before": functools.partial(before.sample, length, COST_BATCH, gen, "cpu")}
     best = dict.fromkeys(calls, float("inf"))
     start, rounds = time.perf_counter(), 0
     while rounds < 3 or (rounds < 50 and time.perf_counter() - start < COST_SECONDS):
         for key, fn in calls.items():  # in turn; load from other processes only adds time
-            best[key] = min(best[key], *time_blocks(fn, "cpu", blocks=5, min_block_s=0.005).samples)
+            timing = time_blocks(fn, "cpu", blocks=5, min_block_s=0.005)
+            best[key] = min(best[key], min(timing.samples) / per_step[key])
         rounds += 1
     step, now, old = best["step"], best["now"], best["before"]
     fraction = now / step

@@ -10,14 +10,24 @@ from fractions import Fraction
 import pytest
 import torch
 from conftest import perfect_outputs, sample
-from scipy.stats import chisquare
+from reference_samplers import REFERENCES
+from scipy.stats import chi2_contingency, chisquare
 
 from seqbench.strict import ConfigError
-from seqbench.tasks import TASKS, get_task
-from seqbench.tasks.assoc_recall import N_KEYS, N_VALUES, AssocRecall
+from seqbench.tasks import TASKS, get_task, sampling
+from seqbench.tasks.assoc_recall import DRAWS_MAX, N_KEYS, N_VALUES, AssocRecall
 from seqbench.tasks.base import Batch
 from seqbench.tasks.cycle_nav import CycleNav
-from seqbench.tasks.dyck import Dyck, all_shapes, class_pattern, dyck_shapes, guard, partners, table
+from seqbench.tasks.dyck import (
+    Dyck,
+    all_shapes,
+    class_pattern,
+    dyck_shapes,
+    guard,
+    partners,
+    shapes_from_keys,
+    table,
+)
 from seqbench.tasks.even_pairs import EvenPairs
 from seqbench.tasks.induction import TRIGGER, Induction
 from seqbench.tasks.mod_arith import ModArith, evaluate
@@ -91,6 +101,58 @@ def test_assoc_recall_draws_cover_vocabularies_and_orders():
     # query order: the first query is each of the 4 keys about equally often
     first = (x[:, 8:9] == x[:, 0:8:2]).float().mean(0)
     assert torch.all((first - 0.25).abs() < 0.04)
+
+
+@pytest.mark.parametrize(("d", "n"), [(1, 5), (3, 5), (5, 5), (2, 4)])
+@pytest.mark.parametrize("draws", ["exact bound", "fewest"])
+def test_distinct_draws_uniform_over_ordered_tuples(d, n, draws, monkeypatch):
+    """Every ordered d-tuple of distinct values from range(n) equally likely (chi-square, p >
+    0.001), also when rows are short of distinct values most of the time and redrawn again and
+    again (draws_needed forced down to d)."""
+    if draws == "fewest":
+        monkeypatch.setattr(sampling, "draws_needed", lambda d, n: d)
+    rows = 3000 * math.perm(n, d)
+    out = sampling.distinct_draws(rows, d, n, torch.Generator().manual_seed(d + n), "cpu")
+    assert out.shape == (rows, d) and all(len(set(r)) == d for r in out[:2000].tolist())
+    code = (out * n ** torch.arange(d)).sum(1)
+    counts = torch.bincount(code, minlength=n**d)
+    tuples = [sum(t * n**i for i, t in enumerate(p)) for p in itertools.permutations(range(n), d)]
+    assert counts.sum() == counts[tuples].sum()  # nothing else drawn
+    assert chisquare(counts[tuples].tolist()).pvalue > 1e-3
+
+
+def test_draws_needed_meets_the_bound_exactly():
+    """draws_needed(d, n) is the fewest draws holding d distinct values with probability >= 1 -
+    FAIL_BOUND, checked against the exact occupancy probabilities (Stirling numbers)."""
+    def held(m, d, n):  # P(at least d distinct among m draws from n)
+        return sum(Fraction(math.perm(n, k) * stirling2(m, k), n**m) for k in range(d, n + 1))
+    bound = 1 - Fraction(sampling.FAIL_BOUND)
+    for d, n in ((1, 128), (2, 128), (4, 128), (8, 128), (16, 128), (3, 5), (5, 9)):
+        m = sampling.draws_needed(d, n)
+        assert held(m, d, n) >= bound > held(m - 1, d, n)
+
+
+def stirling2(m: int, k: int) -> int:
+    return sum((-1) ** i * math.comb(k, i) * (k - i) ** m for i in range(k + 1)) // math.factorial(k)
+
+
+@pytest.mark.parametrize("pairs", [3, 40])
+def test_assoc_recall_keys_and_query_order_uniform(pairs):
+    """Version 2 against version 1 (tests/reference_samplers.py) in distribution, on both key
+    paths (distinct draws up to DRAWS_MAX, a ranking above): the first key is uniform over the 128
+    keys, the first two keys are distinct, and the query order is uniform (chi-square p > 0.001;
+    contingency tables of old against new, p > 0.001)."""
+    assert (pairs <= DRAWS_MAX) != (pairs > DRAWS_MAX)
+    n = 64_000
+    new = sample(AssocRecall(), pairs, n, seed=pairs).inputs
+    old = REFERENCES["assoc_recall"].sample(pairs, n, torch.Generator().manual_seed(7), "cpu").inputs
+    for x in (new, old):
+        first = torch.bincount(x[:, 0], minlength=N_KEYS)
+        assert chisquare(first.tolist()).pvalue > 1e-3 and (x[:, 0] != x[:, 2]).all()
+        where = (x[:, 2 * pairs : 2 * pairs + 1] == x[:, 0 : 2 * pairs : 2]).float().argmax(1)
+        assert chisquare(torch.bincount(where, minlength=pairs).tolist()).pvalue > 1e-3
+    table = [torch.bincount(x[:, 0], minlength=N_KEYS).tolist() for x in (new, old)]
+    assert chi2_contingency(table).pvalue > 1e-3
 
 
 def test_assoc_recall_chance_and_max_pairs():
@@ -493,6 +555,22 @@ def test_dyck_chance_monte_carlo():
     assert constant_score(task, batch, 1).mean().item() == 0.5
     odd = [sample(task, 10, 7, seed=s).targets.sum().item() for s in range(40)]
     assert set(odd) == {3, 4}
+
+
+def test_dyck_a_tie_at_the_median_is_refused_by_the_final_height():
+    """float32 keys may tie; the rows where a tie hits the median (fewer than n keys below it) are
+    not Dyck words and end away from height 0, which is how the sampler drops them."""
+    g = torch.Generator().manual_seed(3)
+    keys = torch.rand(2000, 9, generator=g, dtype=torch.float64)
+    opens, height = shapes_from_keys(keys)
+    assert (height[:, -1] == 0).all() and all(is_dyck_shape(r) for r in opens[:50].tolist())
+    tied = keys.clone()
+    ranked = tied.argsort(1)
+    tied.scatter_(1, ranked[:, 3:4], tied.gather(1, ranked[:, 4:5]))  # 4th smallest = median
+    assert (shapes_from_keys(tied)[1][:, -1] != 0).all()
+    tied = keys.clone()
+    tied.scatter_(1, ranked[:, 5:6], tied.gather(1, ranked[:, 4:5]))  # a tie above it: harmless
+    assert torch.equal(shapes_from_keys(tied)[0], opens)
 
 
 def test_dyck_shapes_uniform_and_partners_match_a_stack():

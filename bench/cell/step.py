@@ -60,6 +60,12 @@ def block_steps(batch_size: int, elements_per_sample: int) -> int:
     return max(1, min(PREFETCH_STEPS, PREFETCH_ELEMENTS // max(1, batch_size * elements_per_sample)))
 
 
+def sample_elements(task: Task, length: int) -> int:
+    """Input elements in one sample of task at length (what PREFETCH_ELEMENTS counts)."""
+    io = task.io
+    return task.seq_len(length) * (io.input_size if io.input_kind == "features" else 1)
+
+
 def draw(task: Task, length: int, batch_size: int, steps: int, gen: torch.Generator,
          device) -> list[Batch]:
     """`steps` training batches of one length from one sampler call, in order."""
@@ -188,10 +194,7 @@ class TrainStep:
         """The next training batch of this length (from the prefetched block, drawn when empty)."""
         block = self._blocks.get(length)
         if not block:
-            io = self.task.io
-            per_sample = self.task.seq_len(length) * (io.input_size if io.input_kind ==
-                                                      "features" else 1)
-            steps = block_steps(self.batch_size, per_sample)
+            steps = block_steps(self.batch_size, sample_elements(self.task, length))
             if self.varlen is None:
                 tokens = self.batch_size * self.task.seq_len(length)
                 block = [(b, tokens) for b in draw(self.task, length, self.batch_size, steps,
