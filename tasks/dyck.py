@@ -68,7 +68,13 @@ words), and the negatives match them at every window of G tokens.
 
 Speed: lengths up to TABLE_MAX draw (shape, B) from a table of every such couple with its exact
 probability (one search per row) and only the kinds at random, about 10 tensor operations; longer
-ones build the shapes on the fly (about 70 operations, an argsort and a median among them).
+ones build the shapes on the fly, about 45 operations on small integer types: the up-steps by a
+median (a partition), the pairs as a list by one stable sort of the levels (both by numpy on the
+CPU: seqbench.tasks.sampling), one kind per pair. Version 3 (this one) changed only that path
+above TABLE_MAX, from version 2's per-position kinds, float64 keys and torch sorts, to stay under
+2% of an LSTM training step (tests/test_benchmarks.py::test_sampler_cost); the keys are float32,
+and the rare rows where two keys tie at the median are not Dyck words and are dropped (exact:
+the event is symmetric in the positions).
 """
 from __future__ import annotations
 
