@@ -37,7 +37,6 @@ rcParams are touched.
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
@@ -45,7 +44,6 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib import ticker
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -107,12 +105,17 @@ EXTRAS = ("png", "svg")  # the formats of those files in plots/
 
 def _save(fig: Figure, out: Path, name: str, svg: bool) -> list[Path]:
     """fig as out/name.png (256-colour palette) and, if svg, out/name.svg; no timestamps or
-    version strings, so the same records give the same files."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    fig.set_layout_engine("none")  # laid out by the first save: keep it, do not redo it
+    version strings, so the same records give the same files.
+
+    The PNG is drawn once, by the canvas (the layout engine runs in that draw), and its pixels
+    encoded once: savefig would draw twice (a layout pass, then the render) and give a PNG to
+    decode before quantizing. zlib's default level, not optimize=True (level 9): on results/quick
+    that is 3 ms a figure instead of 25, for files 9% larger; the pixels are the same."""
+    fig.canvas.draw()
+    fig.set_layout_engine("none")  # laid out by that draw: keep it for the SVG, do not redo it
     png = out / f"{name}.png"
-    Image.open(buf).convert("RGB").quantize(256).save(png, optimize=True)
+    rgba = Image.frombuffer("RGBA", fig.canvas.get_width_height(), fig.canvas.buffer_rgba())
+    rgba.convert("RGB").quantize(256).save(png)
     paths = [png]
     if svg:
         paths.append(out / f"{name}.svg")
@@ -237,22 +240,34 @@ def heatmap_figure(task_name: str, tdf: pd.DataFrame, boundary: int | None = Non
     ax = fig.add_subplot()
     ax.set_facecolor("0.88")  # cells with no score (every seed failed, or none stored)
     ax.grid(False)
-    sns.heatmap(means, mask=means.isna(), vmin=chance, vmax=1.0, cmap="viridis",
-                annot=text.where(means.notna(), "").to_numpy(), fmt="", linewidths=1,
-                linecolor="white", annot_kws={"fontsize": "small"}, ax=ax,
-                cbar_kws={"label": f"mean {score_name}\n(chance {chance:.3g} to 1)"})
-    for i, model in enumerate(models):  # seaborn leaves masked cells unannotated
-        for j, length in enumerate(lengths):
-            if pd.isna(means.loc[model, length]):
-                ax.text(j + 0.5, i + 0.5, text.loc[model, length], ha="center", va="center",
-                        fontsize="small", color="0.15")
+    # seaborn's heatmap, less the full draw of the figure it makes to test whether tick labels
+    # overlap (they cannot here): about 60 ms of a heatmap's 170 on results/quick
+    ax.spines[:].set_visible(False)
+    mesh = ax.pcolormesh(np.ma.masked_invalid(means.to_numpy(float)), cmap="viridis", vmin=chance,
+                         vmax=1.0, linewidths=1, edgecolor="white")
+    ax.set(xlim=(0, len(lengths)), ylim=(len(models), 0))
+    fig.colorbar(mesh, ax=ax, label=f"mean {score_name}\n(chance {chance:.3g} to 1)"
+                 ).outline.set_linewidth(0)
+    ax.set_xticks(np.arange(len(lengths)) + 0.5, labels=[str(n) for n in lengths])
+    ax.set_yticks(np.arange(len(models)) + 0.5, labels=models, va="center")
+    mesh.update_scalarmappable()
+    for colour, (i, j) in zip(mesh.get_facecolors(), np.ndindex(means.shape)):
+        dark = pd.notna(means.iat[i, j]) and luminance(colour) <= 0.408  # white text on dark
+        ax.text(j + 0.5, i + 0.5, text.iat[i, j], ha="center", va="center", fontsize="small",
+                color="w" if dark else "0.15")
     ax.set_xlabel(length_label(tdf, boundary))
     ax.set_ylabel("model")
-    ax.tick_params(axis="y", rotation=0)
     ax.set_title(f"{task_name}: mean held-out {score_name} by model and {length_axis(tdf)[0]}\n"
                  f"colour from chance to 1; grey: no score (failed or not run)",
                  fontsize="medium")
     return fig
+
+
+def luminance(colour) -> float:
+    """Relative luminance of an RGB(A) colour (W3C), as seaborn picks an annotation's colour."""
+    rgb = np.asarray(colour[:3])
+    return float(np.where(rgb <= 0.03928, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+                 @ [0.2126, 0.7152, 0.0722])
 
 
 def heatmap_caption(task_name: str, tdf: pd.DataFrame) -> str:

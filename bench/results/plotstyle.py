@@ -32,7 +32,7 @@ STYLE = {
     **sns.plotting_context("notebook", font_scale=0.85),
     "svg.hashsalt": "seqbench",  # stable element ids: the same records give the same SVG
     "svg.fonttype": "none",  # text stays text in the SVG: searchable, editable, smaller
-    "savefig.dpi": 120,  # modest: the PNGs are embedded in report.html
+    "figure.dpi": 120,  # modest: the PNGs are embedded in report.html (savefig: the same)
     "legend.frameon": False,
 }
 
