@@ -18,11 +18,19 @@ with the old sampler where one was rewritten: tests/reference_samplers.py) is ti
 run. Each result's
 extra_info holds the times, the fraction and the speed-up, and `-s` prints them as one table:
 `pytest tests/test_benchmarks.py -k sampler_cost --benchmark-enable -s`.
+
+test_plot_quick times `seqbench plot` of the committed quick preset's records (every figure, PNG,
+in a copy of results/quick; the records parsed once, outside the timing) in this process
+(--jobs 1) and with one process per core (--jobs 0), in turn, in one run; -s prints the fastest of
+each and their ratio: `pytest tests/test_benchmarks.py -k plot_quick --benchmark-enable -s`. The
+normal (disabled) run plots one task's records, a smoke check of a few seconds.
 """
 from __future__ import annotations
 
 import functools
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,6 +39,9 @@ from reference_samplers import REFERENCES
 from seqbench.cell.step import block_steps, draw, sample_elements
 from seqbench.measure.point import Harness, MeasurePoint
 from seqbench.measure.timing import time_blocks
+from seqbench.results.plots import plot_folder
+from seqbench.results.render import cores
+from seqbench.results.store import Store
 from seqbench.sweeps.spec import PRESETS, preset
 from seqbench.tasks import get_task
 
@@ -105,3 +116,45 @@ def test_sampler_cost(benchmark, cost_table, name, length):
     cost_table.append(f"{name:15} {length:6d} {1e3 * old:9.4f} {1e3 * now:8.4f} "
                       f"{old / now:9.1f}x {1e3 * step:8.2f} {100 * fraction:7.2f}%")
     assert fraction < COST_BAR, f"{name} at {length}: batch generation is {fraction:.1%} of a step"
+
+
+
+# --- figures: `seqbench plot results/quick` in one process and on every core -------------------
+
+QUICK = Path(__file__).parents[1] / "results" / "quick"
+PLOT_ROUNDS = 3
+
+
+def test_plot_quick(benchmark, tmp_path):
+    """plot_folder on a copy of results/quick's records with jobs=1 and jobs=0 (one process per
+    core), each round one of each in turn (pedantic's untimed setup runs the serial one):
+    the fastest of each, so that load from other processes, which only adds time, counts in
+    neither; their files are the same."""
+    cells = sorted((QUICK / "cells").glob("*.json"))
+    if benchmark.disabled:  # the normal test run: a smoke check on one task
+        cells = [c for c in cells if c.name.startswith("parity_")]
+    (tmp_path / "cells").mkdir()
+    for cell in cells:
+        shutil.copy(cell, tmp_path / "cells")
+    loaded = Store(tmp_path).read()
+    best: dict[int, float] = {}
+    files: dict[int, dict[str, bytes]] = {}
+
+    def plot(jobs: int) -> list[Path]:
+        start = time.perf_counter()
+        written = plot_folder(tmp_path, loaded, jobs=jobs)
+        best[jobs] = min(best.get(jobs, float("inf")), time.perf_counter() - start)
+        files[jobs] = {p.name: p.read_bytes() for p in written}
+        return written
+
+    def serial() -> None:
+        plot(1)
+
+    benchmark.group = "plot results/quick"
+    written = benchmark.pedantic(plot, args=(0,), setup=serial,
+                                 rounds=1 if benchmark.disabled else PLOT_ROUNDS)
+    assert written and files[1] == files[0]
+    benchmark.extra_info |= {"figures": len(written), "cores": cores(), "jobs1_s": best[1],
+                             "all_cores_s": best[0], "speedup": best[1] / best[0]}
+    print(f"\nplot results/quick ({len(written)} figures): --jobs 1 {best[1]:.2f} s, "
+          f"--jobs 0 ({cores()} cores) {best[0]:.2f} s, ratio {best[1] / best[0]:.2f}x")

@@ -828,7 +828,7 @@ def test_plot_folder_shows_the_best_set_with_the_training_boundary(tmp_path, mon
 
     monkeypatch.setattr(seqbench.results.plots, "accuracy_figure", accuracy_figure)
     monkeypatch.setattr(seqbench.results.plots, "heatmap_figure", heatmap_figure)
-    written = plot_folder(store.root, svg=True)
+    written = plot_folder(store.root, svg=True, jobs=1)  # in this process, to see the figures
     assert sorted(p.name for p in written) == sorted(
         f"{kind}_parity_generalisation.{ext}" for kind in ("accuracy", "heatmap") for ext in ("png", "svg"))
     task_name, tdf, boundary, fig = seen["accuracy"]

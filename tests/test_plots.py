@@ -9,6 +9,7 @@ stored, and this keeps the module to a few seconds instead of a real sweep's hal
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,8 @@ from seqbench.measure.record import MeasureRecord
 from seqbench.models import FAMILIES
 from seqbench.results.dynamics import seed_mean
 from seqbench.results.plots import accuracy_figure, speed_memory_figure, with_shortcut
+from seqbench.results.plotstyle import SEABORN, new_figure
+from seqbench.results.render import Job, render
 from seqbench.results.store import Store, cell_frame, measurement_frame
 from seqbench.sweeps.spec import preset
 
@@ -169,6 +172,44 @@ def test_partial_results_still_plot(tmp_path, capsys):
     assert "2 oom" in heatmap and "1 diverged" in heatmap
 
 
+def test_the_same_files_from_one_process_or_several(tmp_path, capsys):
+    store = write_sweep(tmp_path / "smoke", seeds=(0, 1))
+    write_measurement(store, "lstm", 32)
+    write_measurement(store, "gru", 64, "oom")
+
+    def plotted(*options: str) -> dict[str, bytes]:
+        plot(store.root, capsys, "--svg", *options)
+        return {p.name: p.read_bytes() for p in (store.root / "plots").iterdir()}
+
+    serial = plotted("--jobs", "1")
+    assert len(serial) == 2 * (4 * len(TASKS) + 1) + 1  # 4 kinds a task, speed: PNG, SVG; json
+    assert plotted("--jobs", "3") == serial  # byte for byte, figures.json too
+
+
+def blank() -> object:
+    return new_figure(2, 2)
+
+
+def broken() -> object:
+    raise ValueError("no such column")
+
+
+def dies() -> object:
+    os._exit(3)
+
+
+@pytest.mark.parametrize(("build", "workers", "error"), [
+    (broken, 1, "no such column"), (broken, 2, "no such column"), (dies, 2, "BrokenProcessPool"),
+    (lambda: blank(), 2, "pickle")])
+def test_a_failing_figure_is_named(tmp_path, build, workers, error):
+    """An exception, a worker that dies or a job that cannot be sent to one stops `plot` with the
+    figure's name (no hang)."""
+    jobs = [Job("heatmap_bad", "t", "", build, ()),
+            *(Job(f"accuracy_{i}", "t", "", blank, ()) for i in range(4))]
+    with pytest.raises(RuntimeError, match=f"figure heatmap_bad failed: .*{error}"):
+        render(jobs, tmp_path, svg=False, workers=workers)
+
+
 @pytest.mark.parametrize("make", ["missing", "empty", "corrupt"])
 def test_folder_without_records_exits_2(tmp_path, capsys, make):
     folder = tmp_path / "nothing"
@@ -271,3 +312,10 @@ def test_every_family_and_a_variant_have_their_own_style():
     rope = display.variant("transformer-rope", transformer)
     assert (rope["colour"], rope["marker"]) not in pairs
     assert rope == display.variant("transformer-rope", transformer)  # stable
+
+
+def test_the_style_is_still_seaborns():
+    sns = pytest.importorskip("seaborn")
+    style = {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook", font_scale=0.85)}
+    del style["image.cmap"]  # seaborn's own colormap; every figure names its colormap
+    assert SEABORN == style

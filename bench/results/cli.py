@@ -13,13 +13,20 @@ from pathlib import Path
 from rich.console import Console
 
 from seqbench.results.store import Loaded, Store, check_names
-from seqbench.strict import ConfigError
+from seqbench.strict import ConfigError, require
 
 console = Console()
 
 
+def add_jobs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--jobs", type=int, default=0,
+                   help="figures drawn at once, each in its own process (default 0: one per "
+                        "core; 1: in this process); the files are the same either way")
+
+
 def configure_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", help="a sweep or measurement folder")
+    add_jobs(p)
     p.set_defaults(fn=cmd_report)
 
 
@@ -27,7 +34,14 @@ def configure_plot(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", help="a sweep or measurement folder; figures go to DIR/plots/")
     p.add_argument("--svg", action="store_true",
                    help="write each figure as SVG too (default: PNG only)")
+    add_jobs(p)
     p.set_defaults(fn=cmd_plot)
+
+
+def jobs(args) -> int:
+    """--jobs, checked: 0 (one per core) or a number of processes."""
+    require(args.jobs >= 0, "--jobs", f"must be >= 1 (0 = one per core), got {args.jobs}")
+    return args.jobs
 
 
 def read(command: str, folder: str) -> tuple[Store, Loaded]:
@@ -56,11 +70,12 @@ def print_tables(loaded: Loaded, root: Path) -> None:
 def cmd_report(args) -> int:
     from seqbench.results.report import needs_plots, write_summary
 
+    processes = jobs(args)
     store, loaded = read("report", args.dir)
     if needs_plots(store):
-        from seqbench.results.plots import plot_folder  # matplotlib and seaborn load only here
+        from seqbench.results.plots import plot_folder  # matplotlib loads only here
 
-        made = plot_folder(store.root, loaded)
+        made = plot_folder(store.root, loaded, jobs=processes)
         console.print(f"figures: {len(made)} made in {store.root / 'plots'}")
     write_summary(store, loaded)
     print_tables(loaded, store.root)
@@ -68,9 +83,10 @@ def cmd_report(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from seqbench.results.plots import plot_folder  # matplotlib and seaborn load only here
+    from seqbench.results.plots import plot_folder  # matplotlib loads only here
 
+    processes = jobs(args)
     store, loaded = read("plot", args.dir)
-    for path in plot_folder(store.root, loaded, svg=args.svg):
+    for path in plot_folder(store.root, loaded, svg=args.svg, jobs=processes):
         print(path)
     return 0

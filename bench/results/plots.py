@@ -33,23 +33,20 @@ from its name), and length axes name the task's own length (copy: delay T). PNGs
 modest resolution and stored with a 256-colour palette (a quarter of the size, no visible loss), as
 report.html embeds them. Figures are built on matplotlib.figure.Figure with the Agg canvas and
 styled inside matplotlib.rc_context, so neither pyplot's global figure state nor the global
-rcParams are touched.
+rcParams are touched; each is built and saved by a job of seqbench.results.render, one process
+per core (--jobs), with the same files whichever process draws it.
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib import ticker
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from PIL import Image
 
 from seqbench.cell.record import FAILED
 from seqbench.fileio import atomic_write
@@ -64,7 +61,6 @@ from seqbench.results.dynamics import (
 )
 from seqbench.results.plotstyle import (
     GREY,
-    STYLE,
     STYLE_COLUMNS,
     legend,
     length_label,
@@ -79,6 +75,7 @@ from seqbench.results.plotstyle import (
     spans_decades,
     status_handles,
 )
+from seqbench.results.render import Job, cores, render
 from seqbench.results.report import FIGURES_JSON
 from seqbench.results.store import (
     Loaded,
@@ -103,21 +100,6 @@ __all__ = ["accuracy_figure", "flow_frame", "generalisation_curve", "gradflow_fi
            "heatmap_figure", "model_styles", "plot_folder", "speed_memory_figure"]
 PREFIXES = ("accuracy_", "heatmap_", "training_", "gradflow_", "speed_memory_")  # `plot` owns these
 EXTRAS = ("png", "svg")  # the formats of those files in plots/
-
-
-def _save(fig: Figure, out: Path, name: str, svg: bool) -> list[Path]:
-    """fig as out/name.png (256-colour palette) and, if svg, out/name.svg; no timestamps or
-    version strings, so the same records give the same files."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    fig.set_layout_engine("none")  # laid out by the first save: keep it, do not redo it
-    png = out / f"{name}.png"
-    Image.open(buf).convert("RGB").quantize(256).save(png, optimize=True)
-    paths = [png]
-    if svg:
-        paths.append(out / f"{name}.svg")
-        fig.savefig(paths[-1], format="svg", metadata={"Date": None, "Creator": None})
-    return paths
 
 
 # Accuracy ---------------------------------------------------------------------------------------
@@ -237,22 +219,34 @@ def heatmap_figure(task_name: str, tdf: pd.DataFrame, boundary: int | None = Non
     ax = fig.add_subplot()
     ax.set_facecolor("0.88")  # cells with no score (every seed failed, or none stored)
     ax.grid(False)
-    sns.heatmap(means, mask=means.isna(), vmin=chance, vmax=1.0, cmap="viridis",
-                annot=text.where(means.notna(), "").to_numpy(), fmt="", linewidths=1,
-                linecolor="white", annot_kws={"fontsize": "small"}, ax=ax,
-                cbar_kws={"label": f"mean {score_name}\n(chance {chance:.3g} to 1)"})
-    for i, model in enumerate(models):  # seaborn leaves masked cells unannotated
-        for j, length in enumerate(lengths):
-            if pd.isna(means.loc[model, length]):
-                ax.text(j + 0.5, i + 0.5, text.loc[model, length], ha="center", va="center",
-                        fontsize="small", color="0.15")
+    # seaborn's heatmap, less the full draw of the figure it makes to test whether tick labels
+    # overlap (they cannot here): about 60 ms of a heatmap's 170 on results/quick
+    ax.spines[:].set_visible(False)
+    mesh = ax.pcolormesh(np.ma.masked_invalid(means.to_numpy(float)), cmap="viridis", vmin=chance,
+                         vmax=1.0, linewidths=1, edgecolor="white")
+    ax.set(xlim=(0, len(lengths)), ylim=(len(models), 0))
+    fig.colorbar(mesh, ax=ax, label=f"mean {score_name}\n(chance {chance:.3g} to 1)"
+                 ).outline.set_linewidth(0)
+    ax.set_xticks(np.arange(len(lengths)) + 0.5, labels=[str(n) for n in lengths])
+    ax.set_yticks(np.arange(len(models)) + 0.5, labels=models, va="center")
+    mesh.update_scalarmappable()
+    for colour, (i, j) in zip(mesh.get_facecolors(), np.ndindex(means.shape)):
+        dark = pd.notna(means.iat[i, j]) and luminance(colour) <= 0.408  # white text on dark
+        ax.text(j + 0.5, i + 0.5, text.iat[i, j], ha="center", va="center", fontsize="small",
+                color="w" if dark else "0.15")
     ax.set_xlabel(length_label(tdf, boundary))
     ax.set_ylabel("model")
-    ax.tick_params(axis="y", rotation=0)
     ax.set_title(f"{task_name}: mean held-out {score_name} by model and {length_axis(tdf)[0]}\n"
                  f"colour from chance to 1; grey: no score (failed or not run)",
                  fontsize="medium")
     return fig
+
+
+def luminance(colour) -> float:
+    """Relative luminance of an RGB(A) colour (W3C), as seaborn picks an annotation's colour."""
+    rgb = np.asarray(colour[:3])
+    return float(np.where(rgb <= 0.03928, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+                 @ [0.2126, 0.7152, 0.0722])
 
 
 def heatmap_caption(task_name: str, tdf: pd.DataFrame) -> str:
@@ -358,10 +352,10 @@ def speed_memory_caption(sdf: pd.DataFrame, setting: str) -> str:
 # The folder -------------------------------------------------------------------------------------
 
 
-def task_figures(title: str, tdf: pd.DataFrame, df: pd.DataFrame, gdf: pd.DataFrame,
-                 records: dict) -> list[tuple[str, Figure, str]]:
-    """(name, figure, caption) of one table's study: accuracy, heatmap, training curves and
-    gradient flow (the last two where the records hold them)."""
+def task_jobs(title: str, tdf: pd.DataFrame, df: pd.DataFrame, gdf: pd.DataFrame,
+              records: dict) -> list[Job]:
+    """The figures of one table's study: accuracy, heatmap, training curves and gradient flow
+    (the last two where the records hold them)."""
     task_name, keys = tdf["task"].iloc[0], set(tdf["key"])
     score_name, threshold, chance = task_facts(tdf)
     name, boundary = slug(task_name), None
@@ -370,26 +364,29 @@ def task_figures(title: str, tdf: pd.DataFrame, df: pd.DataFrame, gdf: pd.DataFr
         name += "_generalisation" + (f"{others.index(title)}" if len(others) > 1 else "")
         boundary = int(tdf["length"].max())
         tdf = generalisation_curve(tdf[tdf["length"] == boundary], gdf)
-    out = [(f"accuracy_{name}", accuracy_figure(task_name, tdf, boundary),
-            accuracy_caption(task_name, tdf, boundary)),
-           (f"heatmap_{name}", heatmap_figure(task_name, tdf, boundary),
-            heatmap_caption(task_name, tdf))]
+    jobs = [Job(f"accuracy_{name}", task_name, accuracy_caption(task_name, tdf, boundary),
+                accuracy_figure, (task_name, tdf, boundary)),
+            Job(f"heatmap_{name}", task_name, heatmap_caption(task_name, tdf),
+                heatmap_figure, (task_name, tdf, boundary))]
     mine = [r for k, r in records.items() if k in keys]
     history = history_frame(mine)
     if not history.empty:  # records always have one; hand-made ones may not
-        out.append((f"training_{name}",
-                    training_figure(task_name, history, score_name, threshold, chance),
-                    training_caption(task_name, history, score_name)))
+        jobs.append(Job(f"training_{name}", task_name,
+                        training_caption(task_name, history, score_name), training_figure,
+                        (task_name, history, score_name, threshold, chance)))
     flows = flow_frame(mine)
     if not flows.empty:  # records from before gradient flow was stored have none
-        out.append((f"gradflow_{name}", gradflow_figure(task_name, flows),
-                    gradflow_caption(task_name, flows)))
-    return out
+        jobs.append(Job(f"gradflow_{name}", task_name, gradflow_caption(task_name, flows),
+                        gradflow_figure, (task_name, flows)))
+    return jobs
 
 
-def plot_folder(root: str | Path, loaded: Loaded | None = None, svg: bool = False) -> list[Path]:
+def plot_folder(root: str | Path, loaded: Loaded | None = None, svg: bool = False,
+                jobs: int = 0) -> list[Path]:
     """Write every figure the stored records of root support under root/plots/ (PNG, and SVG if
     svg), with their tasks and captions in root/plots/figures.json; return the figures' paths.
+    They are drawn by jobs processes at once (0: one per core; 1: in this process), with the same
+    files whichever (seqbench.results.render).
 
     Raises ConfigError if root holds no usable cell or measurement record. Figures of earlier runs
     that this run did not write (file names this module owns) are removed.
@@ -401,29 +398,24 @@ def plot_folder(root: str | Path, loaded: Loaded | None = None, svg: bool = Fals
     if not records and mdf.empty:
         raise ConfigError(f"plot: {store.root} holds no stored records "
                           f"(no usable cells/*.json or measurements/*.json)")
+    todo: list[Job] = []
+    if records:
+        df = best_sets(headline(with_shortcut(cell_frame(records.values()))))
+        gdf = generalisation_frame(records.values())
+        for title, tdf in studies(df):
+            todo += task_jobs(title, tdf, df, gdf, records)
+    measured = mdf.groupby(["device", "dtype", "batch_size"]) if not mdf.empty else []
+    for (device, dtype, batch), sdf in measured:
+        setting = f"{device}, {dtype}, batch {batch}"
+        todo.append(Job(f"speed_memory_{slug(device)}_{slug(dtype)}_b{batch}", "",
+                        speed_memory_caption(sdf, setting), speed_memory_figure, (sdf, setting)))
     out = store.root / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    notes = []
-
-    def save(task: str, name: str, fig: Figure, caption: str) -> None:
-        paths = _save(fig, out, name, svg)
-        written.extend(paths)
-        notes.append({"file": paths[0].name, "task": task, "caption": caption})
-
-    with matplotlib.rc_context(STYLE):
-        if records:
-            df = best_sets(headline(with_shortcut(cell_frame(records.values()))))
-            gdf = generalisation_frame(records.values())
-            for title, tdf in studies(df):
-                for made in task_figures(title, tdf, df, gdf, records):
-                    save(tdf["task"].iloc[0], *made)
-        measured = mdf.groupby(["device", "dtype", "batch_size"]) if not mdf.empty else []
-        for (device, dtype, batch), sdf in measured:
-            setting = f"{device}, {dtype}, batch {batch}"
-            save("", f"speed_memory_{slug(device)}_{slug(dtype)}_b{batch}",
-                 speed_memory_figure(sdf, setting), speed_memory_caption(sdf, setting))
+    made = render(todo, out, svg, jobs or cores())
+    notes = [{"file": paths[0].name, "task": job.task, "caption": job.caption}
+             for job, paths in zip(todo, made)]
     atomic_write(out / FIGURES_JSON, json.dumps({"figures": notes}, indent=1) + "\n")
+    written = [path for paths in made for path in paths]
     keep = set(written)
     for stale in sorted(out.iterdir()):
         if stale.suffix[1:] in EXTRAS and stale.name.startswith(PREFIXES) and stale not in keep:

@@ -1,14 +1,13 @@
 """What every figure of seqbench.results.plots shares: the style, each model's colour and marker,
 length axes, legends, the sideways dodge that keeps coinciding models visible, and the reference
 lines of a score axis (chance, solve threshold, the shortcut learner). Imported by the plotting
-modules only (matplotlib and seaborn load with them, never with a report)."""
+modules only (matplotlib loads with them, never with a report)."""
 from __future__ import annotations
 
 import re
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib import ticker, transforms
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -27,12 +26,34 @@ DODGE_PT, DODGE_SPAN_PT = 5.0, 40.0  # sideways step between models at one x, wi
 # display columns (seqbench.display) a figure's frame carries
 STYLE_COLUMNS = ["model_order", "variant", "model_colour", "model_marker", "length_symbol",
                  "length_meaning"]
+# seaborn's "whitegrid" style in its "notebook" context at font_scale 0.85 (sns.axes_style,
+# sns.plotting_context), written out (less image.cmap, its own "rocket", unused here): importing
+# seaborn imports scipy.stats, 0.45 s (python -X importtime) that every `seqbench plot` paid.
+# tests/test_plots.py checks that it is still seaborn's.
+SEABORN = {
+    "axes.axisbelow": True, "axes.edgecolor": ".8", "axes.facecolor": "white", "axes.grid": True,
+    "axes.labelcolor": ".15", "axes.labelsize": 10.2, "axes.linewidth": 1.25,
+    "axes.spines.bottom": True, "axes.spines.left": True, "axes.spines.right": True,
+    "axes.spines.top": True, "axes.titlesize": 10.2, "figure.facecolor": "white",
+    "font.family": ["sans-serif"],
+    "font.sans-serif": ["Arial", "DejaVu Sans", "Liberation Sans", "Bitstream Vera Sans",
+                        "sans-serif"],
+    "font.size": 10.2, "grid.color": ".8", "grid.linestyle": "-", "grid.linewidth": 1,
+    "legend.fontsize": 9.35, "legend.title_fontsize": 10.2, "lines.linewidth": 1.5,
+    "lines.markersize": 6, "lines.solid_capstyle": "round", "patch.edgecolor": "w",
+    "patch.force_edgecolor": True, "patch.linewidth": 1, "text.color": ".15",
+    "xtick.bottom": False, "xtick.color": ".15", "xtick.direction": "out",
+    "xtick.labelsize": 9.35, "xtick.major.size": 6, "xtick.major.width": 1.25,
+    "xtick.minor.size": 4, "xtick.minor.width": 1, "xtick.top": False, "ytick.color": ".15",
+    "ytick.direction": "out", "ytick.labelsize": 9.35, "ytick.left": False, "ytick.major.size": 6,
+    "ytick.major.width": 1.25, "ytick.minor.size": 4, "ytick.minor.width": 1,
+    "ytick.right": False,
+}
 STYLE = {
-    **sns.axes_style("whitegrid"),
-    **sns.plotting_context("notebook", font_scale=0.85),
+    **SEABORN,
     "svg.hashsalt": "seqbench",  # stable element ids: the same records give the same SVG
     "svg.fonttype": "none",  # text stays text in the SVG: searchable, editable, smaller
-    "savefig.dpi": 120,  # modest: the PNGs are embedded in report.html
+    "figure.dpi": 120,  # modest: the PNGs are embedded in report.html (savefig: the same)
     "legend.frameon": False,
 }
 

@@ -31,7 +31,6 @@ from itertools import combinations
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from seqbench.strict import ConfigError
 
@@ -93,6 +92,8 @@ def interval(values: Scores, level: float = 0.95,
     if _constant(x):
         low, high, method = mean, mean, "constant"
     else:
+        from scipy import stats  # here: 0.5 s to import, and `seqbench plot` needs none of it
+
         low, high = stats.t.interval(level, n - 1, loc=mean, scale=stats.sem(x))
         method = "t"
     if clip is not None:
@@ -211,6 +212,8 @@ def _paired(x: np.ndarray, y: np.ndarray, level: float) -> Comparison:
         return Comparison(diff, None, None, None, n, n, "paired t")
     if _constant(d):
         return _exact(diff, n, n, "paired t")
+    from scipy import stats
+
     result = stats.ttest_rel(x, y)
     ci = result.confidence_interval(level)
     return Comparison(diff, float(ci.low), float(ci.high), float(result.pvalue), n, n, "paired t")
@@ -223,6 +226,8 @@ def _welch(x: np.ndarray, y: np.ndarray, level: float) -> Comparison:
         return Comparison(diff, None, None, None, n_a, n_b, "Welch t")
     if _constant(x) and _constant(y):
         return _exact(diff, n_a, n_b, "Welch t")
+    from scipy import stats
+
     result = stats.ttest_ind(x, y, equal_var=False)
     ci = result.confidence_interval(level)
     return Comparison(diff, float(ci.low), float(ci.high), float(result.pvalue), n_a, n_b,

@@ -15,11 +15,12 @@ name them, the gate refuses to judge).
 """
 from __future__ import annotations
 
+import copy
 import json
 import re
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import pandas as pd
@@ -257,7 +258,10 @@ def row(record: CellRecord) -> dict:
     skip = {"key", "config", "key_payload", "history", "grad_flow", "env", "model_info",
             "schema", "hpset", "variant", "ood_scores", "ood_val_scores", "ood_chance",
             "model_display", "task_display"}
-    results = {k: v for k, v in record.to_dict().items() if k not in skip}
+    # copies of the fields kept only: record.to_dict() would deep-copy the history and gradient
+    # flow too: 0.2 s of cell_frame's 0.25 on results/quick (now 0.04)
+    results = {f.name: copy.deepcopy(getattr(record, f.name)) for f in fields(record)
+               if f.name not in skip}
     info = {f"info.{k}": v for k, v in sorted(record.model_info.items())}
     return flat | results | info
 
