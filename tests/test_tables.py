@@ -3,6 +3,7 @@ failed seeds in n, flags exactly where the records say so, the shortcut and chan
 length by seed majority, the findings and pairwise.csv."""
 from __future__ import annotations
 
+import json
 import tempfile
 
 import pandas as pd
@@ -153,3 +154,19 @@ def test_studies_carry_the_task_for_grouping():
     assert {t.task for t in tables if t.title != "solve length"} == {"parity"}
     assert next(t for t in tables if t.title == "solve length").task == ""
     assert [s.title for s in study_results(stored(recs))] == ["parity"]
+
+
+def test_report_keeps_the_runs_env_json(tmp_path):
+    """A report rewrites env.json from what is stored: the run's own env.json (its executor and
+    workers, which no record holds) is kept, with plug-ins from the records; without one, a
+    record's env."""
+    store = Store(tmp_path / "kept")
+    for r in records({"rnn": [0.6, 0.7, 0.8]}):
+        store.save(r)
+    write_summary(store, store.read())
+    from_record = json.loads((store.root / "env.json").read_text())
+    assert from_record == store.read().records[next(iter(store.read().records))].env
+    run_env = {"executor": "local", "workers": 2, "plugins": [{"stale": True}]}
+    (store.root / "env.json").write_text(json.dumps(run_env))
+    write_summary(store, store.read())
+    assert json.loads((store.root / "env.json").read_text()) == {"executor": "local", "workers": 2}

@@ -24,6 +24,7 @@ from seqbench.results.store import (
     cell_frame,
     generalisation_frame,
     measurement_frame,
+    stored_env,
     with_plugins,
 )
 from seqbench.results.tables import PivotTable, measurement_tables
@@ -265,12 +266,13 @@ def write_summary(store: Store, loaded: Loaded, env: dict | None = None) -> str:
     summary.md (findings, then the tables), report.html (the same tables, plus the figures found
     in plots/), and results.parquet / measurements.parquet where pyarrow is installed.
 
-    env defaults to the environment stored in the first record (reports never re-measure); its
-    `plugins` lists every plug-in the records name.
+    env defaults to the folder's env.json as the run that made it wrote it (its executor,
+    workers or matmul peak are kept), else the environment stored in the first record (reports
+    never re-measure); its `plugins` lists every plug-in the records name.
     """
     if env is None:
         first = next(iter([*loaded.records.values(), *loaded.measurements.values()]), None)
-        env = first.env if first is not None else {}
+        env = stored_env(store.root) or (first.env if first is not None else {})
     env = with_plugins(env, loaded)
     store.write_tables(loaded, env)
     tables, name = tables_of(loaded), title(store, loaded)

@@ -213,15 +213,21 @@ def used_names(loaded: Loaded) -> set[tuple[str, str]]:
     return out
 
 
+def stored_env(root: Path) -> dict:
+    """The environment env.json of root holds, as the run that made the folder wrote it ({} if
+    there is none or it is unreadable: a folder of `seqbench run` records)."""
+    try:
+        env = json.loads((Path(root) / "env.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return env if isinstance(env, dict) else {}
+
+
 def check_names(loaded: Loaded, root: Path, command: str) -> None:
     """ConfigError (exit 2) unless every family and task the records name resolves here
     (seqbench.registry.check_resolvable, torch-free; install hints from the records and
     env.json) and no two of them are shown under one name (their rows would merge)."""
-    hints = plugins_of(loaded)
-    try:
-        hints += json.loads((root / "env.json").read_text()).get("plugins") or []
-    except (OSError, ValueError, AttributeError):
-        pass  # no env.json (a folder of `seqbench run` records): the records' hints only
+    hints = plugins_of(loaded) + (stored_env(root).get("plugins") or [])
     registry.check_resolvable(used_names(loaded), hints, command)
     shown: dict[tuple[str, str], set[str]] = {}
     for r in loaded.records.values():
