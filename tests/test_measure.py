@@ -460,6 +460,7 @@ def test_verdict_judges_the_bar_only_within_the_aa_bar(ratio, aa, expected):
 
 @pytest.mark.parametrize(("verdicts", "status"), [
     (["pass", "pass"], 0), (["pass", "fail"], 1), (["noisy", "fail"], 1), (["pass", "noisy"], 3),
+    (["pass", "unconfirmed"], 3), (["unconfirmed", "fail"], 1),
 ])
 def test_exit_status(verdicts, status):
     assert ov.exit_status([{"verdict": v} for v in verdicts]) == status
@@ -686,6 +687,23 @@ def test_cli_check_overhead_decides_on_the_figures(tmp_path, capsys, monkeypatch
     assert says in out and "A/A intervals within" in out
     (row,) = json.loads((tmp_path / "o" / "overhead.json").read_text())
     assert row["aa"] == pytest.approx(statistics.median(copy))
+
+
+@pytest.mark.parametrize(("again", "status", "verdict"), [
+    ([1.5, 1.5], 1, "fail"), ([1.0, 1.0], ov.NOISY_EXIT, "unconfirmed")])
+def test_check_overhead_confirms_a_failure_by_measuring_again(tmp_path, capsys, monkeypatch,
+                                                               again, status, verdict):
+    """A point over the bar is measured a second time; it fails only if that fails too, else it
+    is `unconfirmed` (exit 3), with the first measurement kept."""
+    runs = iter([[1.5, 1.5], again])
+    monkeypatch.setattr(ov, "interleaved", lambda steps, device, rounds, blocks: timings(
+        sweep=next(runs), bare=[1.0, 1.0], bare_copy=[1.0, 1.0]))
+    assert main([*OVERHEAD_ARGV, "--rounds", "2", "--out", str(tmp_path), "--name", "o"]) == status
+    (row,) = json.loads((tmp_path / "o" / "overhead.json").read_text())
+    assert row["verdict"] == verdict and row["ratio"] == pytest.approx(statistics.median(again))
+    assert row["first"]["ratio"] == pytest.approx(1.5) and row["first"]["verdict"] == "fail"
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("did not confirm: rnn L=8" in out) == (verdict == "unconfirmed")
 
 
 def test_cli_check_overhead_writes_the_comparison(tmp_path, capsys):

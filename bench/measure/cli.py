@@ -165,10 +165,14 @@ def _check_overhead(points, store, rounds: int) -> int:
                   f"only within {AA_BAR:.0%})")
     status = exit_status(rows)
     if status == NOISY_EXIT:
+        unconfirmed = [f"{r['model']} L={r['length']}" for r in rows
+                       if r["verdict"] == "unconfirmed"]
         console.print(f"too noisy to judge: the A/A interval of "
                       f"{sum(r['verdict'] == 'noisy' for r in rows)} point(s) reaches beyond "
-                      f"{AA_BAR:.0%}; rerun on a quieter machine, with --threads 1 or more "
-                      f"--rounds (exit {NOISY_EXIT})")
+                      f"{AA_BAR:.0%}" + (f"; a failure a second measurement did not confirm: "
+                                         f"{', '.join(unconfirmed)}" if unconfirmed else "") +
+                      f"; rerun on a quieter machine, with --threads 1 or more --rounds "
+                      f"(exit {NOISY_EXIT})")
     else:
         console.print("PASS" if status == 0 else "FAIL: " + ", ".join(
             f"{r['model']} L={r['length']} {r['ratio']:.3f}" for r in rows
