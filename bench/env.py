@@ -77,6 +77,13 @@ KERNEL_PATH = ("device", "torch", "threads", "cpu_capability", "isa_caps", "cpu_
                "float32_matmul_precision", "fp16_reduced_precision", "bf16_reduced_precision")
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity; os.cpu_count() where the platform
+    has none), at least 1."""
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return max(1, len(cores) if cores is not None else os.cpu_count() or 1)
+
+
 def kernel_path(env: dict) -> dict:
     """The fields of a stored environment that select its kernels (None where not recorded)."""
     return {name: env.get(name) for name in KERNEL_PATH}

@@ -85,7 +85,7 @@ import torch
 
 from seqbench.strict import require
 from seqbench.tasks.base import Batch, IOSpec, Task
-from seqbench.tasks.sampling import argsort_rows, median_rows
+from seqbench.tasks.sampling import argsort_rows, median_rows, steps
 
 MIN_LENGTH = 10
 TABLE_MAX = 24  # longest length drawn from a table of (shape, B) couples (54 MB, 1-3 s to build)
@@ -131,12 +131,6 @@ def shapes_from_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     lowest, low = height[:, :m].min(1, keepdim=True)  # min returns the first minimum's index
     at = low + 1 + steps(m - 1, keys.device)
     return up.gather(1, at), height.gather(1, at) - lowest
-
-
-@functools.lru_cache(maxsize=64)
-def steps(length: int, device, dtype: torch.dtype = torch.int64) -> torch.Tensor:
-    """arange(length) on device, shared: read it, never write it."""
-    return torch.arange(length, device=device, dtype=dtype)
 
 
 def walk(up: torch.Tensor, largest: int | None = None) -> torch.Tensor:

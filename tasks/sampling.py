@@ -53,8 +53,9 @@ def draws_needed(d: int, n: int) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def _positions(m: int, device) -> torch.Tensor:
-    return torch.arange(m, device=device)
+def steps(length: int, device) -> torch.Tensor:
+    """arange(length) on device, shared: read it, never write it."""
+    return torch.arange(length, device=device)
 
 
 def distinct_draws(rows: int, d: int, n: int, generator: torch.Generator,
@@ -66,7 +67,7 @@ def distinct_draws(rows: int, d: int, n: int, generator: torch.Generator,
     on which values they are, so the redraw leaves the tuple uniform."""
     m = draws_needed(d, n)
     draws = torch.randint(0, n, (rows, m), generator=generator, device=device)
-    at = _positions(m, device).expand(rows, m)
+    at = steps(m, device).expand(rows, m)
     first = draws.new_full((rows, n), m).scatter_reduce_(1, draws, at, "amin")
     new = first.gather(1, draws) == at  # the first draw of its value in the row
     count = new.cumsum(1)

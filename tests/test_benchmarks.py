@@ -37,10 +37,10 @@ import torch
 from reference_samplers import REFERENCES
 
 from seqbench.cell.step import block_steps, draw, sample_elements
+from seqbench.env import usable_cores
 from seqbench.measure.point import Harness, MeasurePoint
 from seqbench.measure.timing import time_blocks
 from seqbench.results.plots import plot_folder
-from seqbench.results.render import cores
 from seqbench.results.store import Store
 from seqbench.sweeps.spec import PRESETS, preset
 from seqbench.tasks import get_task
@@ -154,7 +154,8 @@ def test_plot_quick(benchmark, tmp_path):
     written = benchmark.pedantic(plot, args=(0,), setup=serial,
                                  rounds=1 if benchmark.disabled else PLOT_ROUNDS)
     assert written and files[1] == files[0]
-    benchmark.extra_info |= {"figures": len(written), "cores": cores(), "jobs1_s": best[1],
+    cores = usable_cores()
+    benchmark.extra_info |= {"figures": len(written), "cores": cores, "jobs1_s": best[1],
                              "all_cores_s": best[0], "speedup": best[1] / best[0]}
     print(f"\nplot results/quick ({len(written)} figures): --jobs 1 {best[1]:.2f} s, "
-          f"--jobs 0 ({cores()} cores) {best[0]:.2f} s, ratio {best[1] / best[0]:.2f}x")
+          f"--jobs 0 ({cores} cores) {best[0]:.2f} s, ratio {best[1] / best[0]:.2f}x")

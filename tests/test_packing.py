@@ -81,7 +81,7 @@ def fake_gpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     monkeypatch.setattr(seqbench.cell.cli, "check_device", lambda device: None)
     monkeypatch.setattr(packing, "free_gpu_memory", lambda: [80 * 1 << 30] * 3)
-    monkeypatch.setattr(packing.os, "sched_getaffinity", lambda pid: set(range(48)))
+    monkeypatch.setattr(packing, "usable_cores", lambda: 48)
     runs = []
     monkeypatch.setattr(seqbench.sweeps.cli, "_run",
                         lambda spec, args, executor: runs.append(executor) or Counter())
@@ -157,7 +157,7 @@ def test_choose_uses_the_largest_cell_estimate(monkeypatch):
     cells = load_spec(TINY, "test").cells()
     largest = max(estimate(c).total for c in cells)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(packing.os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(packing, "usable_cores", lambda: 8)
     monkeypatch.setattr(packing, "free_gpu_memory", lambda: [40 * 1 << 30, 20 * 1 << 30])
     assert packing.choose(cells) == cells_per_gpu(largest, 20 * GIB, 8, 2)
     monkeypatch.setattr(packing, "free_gpu_memory", lambda: None)

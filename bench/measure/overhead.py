@@ -30,10 +30,12 @@ are the second's; the first is kept under `first`), as the perf gate confirms it
 2-core VM with nothing else running, one of 20 points once failed with an A/A interval within 3%
 (transformer L=64: ratio 1.138, A/A [0.975, 1.027]); a rerun gave 1.021 and a best-of-7 timing of
 both steps 1.5%: a 90% interval is narrow by chance now and then. The command exits 1 when any
-point fails, else NOISY_EXIT (3) when any was too noisy or unconfirmed, else 0. Why the interval and not the A/A median alone: on the shared 2-core VM (load 5 to
-7), a point had an A/A median of 1.017 and a ratio of 1.12 while the harness's own work at that
-point was measured apart at about 65 us of a 5-8 ms step (about 1%): one median near 1 can be
-luck, an interval cannot be as often.
+point fails, else NOISY_EXIT (3) when any was too noisy or unconfirmed, else 0.
+
+Why the interval and not the A/A median alone: on the shared 2-core VM (load 5 to 7), a point
+had an A/A median of 1.017 and a ratio of 1.12 while the harness's own work at that point was
+measured apart at about 65 us of a 5-8 ms step (about 1%): one median near 1 can be luck, an
+interval cannot be as often.
 """
 from __future__ import annotations
 

@@ -49,6 +49,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from seqbench.cell.record import FAILED
+from seqbench.env import usable_cores
 from seqbench.fileio import atomic_write
 from seqbench.results.cellstats import seed_count_text
 from seqbench.results.dynamics import (
@@ -75,7 +76,7 @@ from seqbench.results.plotstyle import (
     spans_decades,
     status_handles,
 )
-from seqbench.results.render import Job, cores, render
+from seqbench.results.render import Job, render
 from seqbench.results.report import FIGURES_JSON
 from seqbench.results.store import (
     Loaded,
@@ -411,7 +412,7 @@ def plot_folder(root: str | Path, loaded: Loaded | None = None, svg: bool = Fals
                         speed_memory_caption(sdf, setting), speed_memory_figure, (sdf, setting)))
     out = store.root / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    made = render(todo, out, svg, jobs or cores())
+    made = render(todo, out, svg, jobs or usable_cores())
     notes = [{"file": paths[0].name, "task": job.task, "caption": job.caption}
              for job, paths in zip(todo, made)]
     atomic_write(out / FIGURES_JSON, json.dumps({"figures": notes}, indent=1) + "\n")

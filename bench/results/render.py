@@ -6,7 +6,6 @@ rest and is raised with its figure's name."""
 from __future__ import annotations
 
 import multiprocessing
-import os
 import pickle
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -60,11 +59,6 @@ def run(job: Job, out: Path, svg: bool) -> list[Path]:
     are not touched)."""
     with matplotlib.rc_context(STYLE):
         return save(job.build(*job.args), out, job.name, svg)
-
-
-def cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 @contextmanager

@@ -18,7 +18,6 @@ running (taking over any whose claimant died), so every driver ends with the ful
 """
 from __future__ import annotations
 
-import os
 import statistics
 import time
 import warnings
@@ -32,7 +31,7 @@ import torch
 
 from seqbench.cell.config import CellConfig, display_of
 from seqbench.cell.record import GIVE_UP, RETRIED, CellRecord
-from seqbench.env import environment
+from seqbench.env import environment, usable_cores
 from seqbench.fileio import check_writable
 from seqbench.measure.point import matmul_peak, measure
 from seqbench.measure.record import MeasureRecord
@@ -50,7 +49,7 @@ def default_workers(device: str, cells_per_gpu: int = 1) -> int:
     per visible GPU (seqbench.sweeps.executors.LocalExecutor pins each to its GPU)."""
     if device == "cuda":
         return max(1, cells_per_gpu * torch.cuda.device_count())
-    return max(1, len(os.sched_getaffinity(0)))
+    return usable_cores()
 
 
 TO_RUN, RERUN, STORED, GIVEN_UP = "to run", "rerun", "stored", "given up"

@@ -59,6 +59,7 @@ import torch
 from seqbench.cell.config import CellConfig
 from seqbench.cell.record import CellRecord
 from seqbench.cell.train import failed, new_record, run_cell
+from seqbench.env import usable_cores
 from seqbench.strict import ConfigError, check_choice, require
 from seqbench.sweeps.packing import Slot, slots
 
@@ -96,7 +97,7 @@ class Executor(ABC):
 
     def measure_threads(self) -> int:
         """Threads for the measurement points, which run afterwards in the driver process."""
-        return max(1, len(os.sched_getaffinity(0)))
+        return usable_cores()
 
     def _started(self, cfg: CellConfig) -> None:
         with self._lock:

@@ -30,7 +30,6 @@ A cell that runs out of memory while sharing is run again alone (seqbench.sweeps
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -38,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from seqbench.cell.config import CellConfig
+from seqbench.env import usable_cores
 from seqbench.sweeps.preflight import estimate, size
 
 MAX_CELLS_PER_GPU = 8
@@ -114,5 +114,5 @@ def choose(cells: Sequence[CellConfig], threads: int = 1) -> Choice:
     gpus = torch.cuda.device_count()
     free = free_gpu_memory()
     largest = max(estimate(cfg).total for cfg in cells)
-    return cells_per_gpu(largest, min(free) if free else None, len(os.sched_getaffinity(0)),
+    return cells_per_gpu(largest, min(free) if free else None, usable_cores(),
                          gpus, threads)
